@@ -1,0 +1,88 @@
+//! `snapfs disk ...`
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use clap::Subcommand;
+
+use super::units::{format_bytes, rfc3339_ms};
+use super::{open_store, print_json};
+use snapfs::snapshot::source::Source;
+
+#[derive(Subcommand, Debug)]
+pub enum DiskCommand {
+    /// Register a disk: NAME is `disk` or `group/disk`, SOURCE a raw image file or block device
+    Add { name: String, source: PathBuf },
+    /// List the registered disks
+    List {
+        /// Print JSON instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+    /// Unregister a disk
+    Rm {
+        name: String,
+        /// Also delete all its snapshots (their space comes back at the next gc)
+        #[arg(long)]
+        with_snapshots: bool,
+    },
+}
+
+#[derive(serde::Serialize)]
+struct DiskRow {
+    name: String,
+    source: PathBuf,
+    added: String,
+    snapshots: usize,
+    size: Option<u64>,
+}
+
+pub fn run(dir: &Path, command: DiskCommand) -> Result<()> {
+    let store = open_store(dir)?;
+    match command {
+        DiskCommand::Add { name, source } => {
+            let record = store.add_disk(&name, &source)?;
+            let size = Source::open(&record.source).map(|s| s.size()).unwrap_or(0);
+            println!(
+                "added disk {} ({}, {})",
+                record.name,
+                record.source.display(),
+                format_bytes(size)
+            );
+        }
+        DiskCommand::List { json } => {
+            let mut rows = Vec::new();
+            for disk in store.disks()? {
+                rows.push(DiskRow {
+                    snapshots: store.snapshots(Some(&disk.name))?.len(),
+                    size: Source::open(&disk.source).ok().map(|s| s.size()),
+                    added: rfc3339_ms(disk.added_ms),
+                    name: disk.name,
+                    source: disk.source,
+                });
+            }
+            if json {
+                return print_json(&rows);
+            }
+            println!("{:<24} {:>10} {:>9}  SOURCE", "NAME", "SIZE", "SNAPSHOTS");
+            for row in rows {
+                let size = row.size.map_or("unreadable".into(), format_bytes);
+                println!(
+                    "{:<24} {:>10} {:>9}  {}",
+                    row.name,
+                    size,
+                    row.snapshots,
+                    row.source.display()
+                );
+            }
+        }
+        DiskCommand::Rm {
+            name,
+            with_snapshots,
+        } => {
+            store.remove_disk(&name, with_snapshots)?;
+            println!("removed disk {name}");
+        }
+    }
+    Ok(())
+}

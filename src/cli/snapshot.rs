@@ -1,0 +1,142 @@
+//! `snapfs snapshot ...`
+
+use std::io::IsTerminal;
+use std::path::Path;
+
+use anyhow::Result;
+use clap::Subcommand;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use super::units::{format_bytes, format_time_ms, rfc3339_ms};
+use super::{open_store, print_json};
+use snapfs::snapshot::{create_snapshot, CreateOptions, Progress, SnapshotRecord};
+
+#[derive(Subcommand, Debug)]
+pub enum SnapshotCommand {
+    /// Take a snapshot of DISK named NAME (a progress bar shows on a terminal)
+    Create { disk: String, name: String },
+    /// List snapshots: name, disk, created, size, state, bytes added to the store
+    List {
+        /// Only the snapshots of this disk
+        disk: Option<String>,
+        /// Print JSON instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a snapshot (gc reclaims its space)
+    Rm { disk: String, name: String },
+    /// Rename a snapshot
+    Rename { disk: String, old: String, new: String },
+}
+
+#[derive(serde::Serialize)]
+pub struct SnapshotRow {
+    pub disk: String,
+    pub name: String,
+    pub id: u64,
+    pub created: String,
+    pub created_ms: i64,
+    pub size: u64,
+    pub state: &'static str,
+    pub added_bytes: u64,
+    pub nonzero_bytes: u64,
+    pub protected: bool,
+}
+
+impl From<&SnapshotRecord> for SnapshotRow {
+    fn from(s: &SnapshotRecord) -> SnapshotRow {
+        SnapshotRow {
+            disk: s.disk.clone(),
+            name: s.name.clone(),
+            id: s.id,
+            created: rfc3339_ms(s.created_ms),
+            created_ms: s.created_ms,
+            size: s.size,
+            state: "accomplished",
+            added_bytes: s.added_bytes,
+            nonzero_bytes: s.nonzero_bytes,
+            protected: s.protected,
+        }
+    }
+}
+
+pub fn run(dir: &Path, command: SnapshotCommand) -> Result<()> {
+    let store = open_store(dir)?;
+    match command {
+        SnapshotCommand::Create { disk, name } => {
+            let bar = progress_bar();
+            let report = |p: &Progress| {
+                if let Some(bar) = &bar {
+                    bar.set_length(p.total_bytes);
+                    bar.set_position(p.done_bytes);
+                }
+            };
+            let options = CreateOptions {
+                progress: Some(&report),
+                ..CreateOptions::default()
+            };
+            let started = std::time::Instant::now();
+            let result = create_snapshot(&store, &disk, &name, &options);
+            if let Some(bar) = &bar {
+                bar.finish_and_clear();
+            }
+            let record = result?;
+            let secs = started.elapsed().as_secs_f64();
+            println!(
+                "snapshot {} of disk {}: {} in {:.1} s ({}/s), {} added to the store",
+                record.name,
+                record.disk,
+                format_bytes(record.size),
+                secs,
+                format_bytes((record.size as f64 / secs.max(1e-3)) as u64),
+                format_bytes(record.added_bytes)
+            );
+        }
+        SnapshotCommand::List { disk, json } => {
+            let snapshots = store.snapshots(disk.as_deref())?;
+            let rows: Vec<SnapshotRow> = snapshots.iter().map(SnapshotRow::from).collect();
+            if json {
+                return print_json(&rows);
+            }
+            println!(
+                "{:<24} {:<24} {:<19} {:>10} {:<12} {:>10}",
+                "DISK", "NAME", "CREATED", "SIZE", "STATE", "ADDED"
+            );
+            for s in &snapshots {
+                println!(
+                    "{:<24} {:<24} {:<19} {:>10} {:<12} {:>10}",
+                    s.disk,
+                    s.name,
+                    format_time_ms(s.created_ms),
+                    format_bytes(s.size),
+                    "accomplished",
+                    format_bytes(s.added_bytes)
+                );
+            }
+        }
+        SnapshotCommand::Rm { disk, name } => {
+            store.remove_snapshot(&disk, &name)?;
+            println!("removed snapshot {name} of disk {disk}; run snapfs gc to reclaim its space");
+        }
+        SnapshotCommand::Rename { disk, old, new } => {
+            store.rename_snapshot(&disk, &old, &new)?;
+            println!("renamed snapshot {old} of disk {disk} to {new}");
+        }
+    }
+    Ok(())
+}
+
+/// A byte progress bar on stderr, only when stderr is a terminal.
+pub fn progress_bar() -> Option<ProgressBar> {
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{bar:40} {percent:>3}% {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    Some(bar)
+}

@@ -1,0 +1,222 @@
+//! Store-wide commands: init, export, gc, verify, stats.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+
+use super::snapshot::progress_bar;
+use super::units::{format_bytes, parse_size};
+use super::{open_store, print_json};
+use snapfs::image::{export as export_image, ExportTarget};
+use snapfs::store::{gc as gc_store, Compression, Store, StoreConfig};
+
+#[derive(Args, Debug)]
+pub struct InitArgs {
+    /// Chunk size: a power of two from 64K to 4M
+    #[arg(long, value_name = "SIZE", default_value = "256K", value_parser = parse_size)]
+    chunk_size: u64,
+    /// Compression of stored chunks
+    #[arg(long, value_name = "zstd|none", default_value = "zstd")]
+    compression: Compression,
+}
+
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    disk: String,
+    snapshot: String,
+    /// Output file (written sparse), or - for standard output
+    #[arg(short, long, value_name = "FILE")]
+    output: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct GcArgs {
+    /// Rewrite a pack once at least this percentage of it is dead (0 reclaims every dead byte)
+    #[arg(long, value_name = "PERCENT", default_value_t = 10, value_parser = clap::value_parser!(u8).range(0..=100))]
+    min_dead: u8,
+    /// Print the report as JSON
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct VerifyArgs {
+    /// Only the snapshots of this disk
+    disk: Option<String>,
+    /// Only this snapshot of DISK
+    snapshot: Option<String>,
+    /// Print the report as JSON
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct StatsArgs {
+    /// Print JSON instead of text
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn init(dir: &Path, args: InitArgs) -> Result<()> {
+    let chunk_size = u32::try_from(args.chunk_size)
+        .map_err(|_| anyhow::anyhow!("chunk size {} is too large", args.chunk_size))?;
+    let config = StoreConfig {
+        chunk_size,
+        compression: args.compression,
+        ..StoreConfig::default()
+    };
+    Store::init(dir, config).with_context(|| format!("cannot create store {}", dir.display()))?;
+    println!(
+        "created store {} (chunk size {}, compression {})",
+        dir.display(),
+        format_bytes(chunk_size as u64),
+        args.compression
+    );
+    Ok(())
+}
+
+pub fn export(dir: &Path, args: ExportArgs) -> Result<()> {
+    let store = open_store(dir)?;
+    let record = store.snapshot(&args.disk, &args.snapshot)?;
+    let bar = progress_bar();
+    if let Some(bar) = &bar {
+        bar.set_length(record.size);
+    }
+    let mut progress = |done: u64| {
+        if let Some(bar) = &bar {
+            bar.set_position(done);
+        }
+    };
+    let result = if args.output.as_os_str() == "-" {
+        let stdout = std::io::stdout();
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
+        export_image(&store, &record, ExportTarget::Stream(&mut out), &mut progress)
+    } else {
+        let is_regular = std::fs::metadata(&args.output)
+            .map(|m| m.file_type().is_file())
+            .unwrap_or(true);
+        let is_device = std::fs::metadata(&args.output)
+            .map(|m| m.file_type().is_block_device())
+            .unwrap_or(false);
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(is_regular)
+            .open(&args.output)
+            .with_context(|| format!("cannot open {}", args.output.display()))?;
+        if is_regular {
+            export_image(&store, &record, ExportTarget::File(&file), &mut progress)
+        } else {
+            if is_device {
+                bail!(
+                    "{} is a block device; export writes files or streams (rollback will write devices)",
+                    args.output.display()
+                );
+            }
+            let mut out: &File = &file;
+            export_image(&store, &record, ExportTarget::Stream(&mut out), &mut progress)
+        }
+    };
+    if let Some(bar) = &bar {
+        bar.finish_and_clear();
+    }
+    result.with_context(|| format!("export of {}/{} failed", args.disk, args.snapshot))?;
+    if args.output.as_os_str() != "-" {
+        eprintln!(
+            "exported {} of disk {} ({}) to {}",
+            record.name,
+            record.disk,
+            format_bytes(record.size),
+            args.output.display()
+        );
+    }
+    Ok(())
+}
+
+pub fn gc(dir: &Path, args: GcArgs) -> Result<()> {
+    let store = open_store(dir)?;
+    let report = gc_store::gc(&store, args.min_dead)?;
+    if args.json {
+        return print_json(&report);
+    }
+    println!(
+        "gc: {} live chunks kept, {} chunks removed, {} packs removed, {} packs rewritten, {} freed",
+        report.live_chunks,
+        report.removed_chunks,
+        report.packs_removed,
+        report.packs_rewritten,
+        format_bytes(report.bytes_freed)
+    );
+    Ok(())
+}
+
+pub fn verify(dir: &Path, args: VerifyArgs) -> Result<()> {
+    let store = open_store(dir)?;
+    let snapshots = match (&args.disk, &args.snapshot) {
+        (Some(disk), Some(name)) => vec![store.snapshot(disk, name)?],
+        (Some(disk), None) => store.snapshots(Some(disk))?,
+        _ => store.snapshots(None)?,
+    };
+    let bar = progress_bar();
+    if let Some(bar) = &bar {
+        bar.set_length(snapshots.len() as u64);
+    }
+    let report = snapfs::verify::verify(&store, &snapshots, &mut |done| {
+        if let Some(bar) = &bar {
+            bar.set_position(done as u64);
+        }
+    });
+    if let Some(bar) = &bar {
+        bar.finish_and_clear();
+    }
+    if args.json {
+        print_json(&report)?;
+    } else {
+        for damage in &report.damage {
+            println!(
+                "DAMAGED {} {} offset {}: {}",
+                damage.disk, damage.snapshot, damage.offset, damage.what
+            );
+        }
+        println!(
+            "verified {} snapshot(s), {} chunks, {}: {}",
+            report.snapshots,
+            report.chunks_checked,
+            format_bytes(report.bytes_checked),
+            if report.damage.is_empty() {
+                "all good".to_string()
+            } else {
+                format!("{} damaged chunk reference(s)", report.damage.len())
+            }
+        );
+    }
+    std::io::stdout().flush()?;
+    if !report.damage.is_empty() {
+        bail!("verify found damage in the store");
+    }
+    Ok(())
+}
+
+pub fn stats(dir: &Path, args: StatsArgs) -> Result<()> {
+    let store = open_store(dir)?;
+    let stats = snapfs::stats::stats(&store)?;
+    if args.json {
+        return print_json(&stats);
+    }
+    println!("disks:             {}", stats.disks);
+    println!("snapshots:         {}", stats.snapshots);
+    println!("logical bytes:     {}", format_bytes(stats.logical_bytes));
+    println!("non-zero bytes:    {}", format_bytes(stats.nonzero_bytes));
+    println!("unique bytes:      {}", format_bytes(stats.unique_bytes));
+    println!("stored in packs:   {}", format_bytes(stats.stored_bytes));
+    println!("index database:    {}", format_bytes(stats.db_bytes));
+    println!("chunks:            {}", stats.chunks);
+    println!("packs:             {}", stats.packs);
+    println!("dedup ratio:       {:.2}", stats.dedup_ratio);
+    println!("compression ratio: {:.2}", stats.compression_ratio);
+    Ok(())
+}

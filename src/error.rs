@@ -1,0 +1,130 @@
+//! The error type of the library. Variants carry what a person needs to act
+//! (disk, snapshot, chunk, path); corruption has its own variant so that no
+//! caller can mistake damaged data for an ordinary I/O failure.
+
+use std::io;
+use std::path::PathBuf;
+
+use crate::hash::ChunkHash;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("store {path} is in use by {holder}")]
+    Locked { path: PathBuf, holder: String },
+
+    #[error("{path} is not a snapfs store ({why})")]
+    NotAStore { path: PathBuf, why: String },
+
+    #[error(
+        "store {path} has format version {found}; this snapfs reads format version {expected} only"
+    )]
+    FormatVersion {
+        path: PathBuf,
+        found: String,
+        expected: u32,
+    },
+
+    #[error("a store already exists at {0}")]
+    StoreExists(PathBuf),
+
+    #[error("invalid {what} name {name:?}: {why}")]
+    InvalidName {
+        what: &'static str,
+        name: String,
+        why: String,
+    },
+
+    #[error("no disk named {0}")]
+    DiskNotFound(String),
+
+    #[error("disk {0} already exists")]
+    DiskExists(String),
+
+    #[error("disk {disk} still has {count} snapshot(s); remove them first or pass --with-snapshots")]
+    DiskHasSnapshots { disk: String, count: usize },
+
+    #[error("no snapshot {name} of disk {disk}")]
+    SnapshotNotFound { disk: String, name: String },
+
+    #[error("disk {disk} already has a snapshot named {name}")]
+    SnapshotExists { disk: String, name: String },
+
+    #[error("a snapshot of disk {0} is already running")]
+    Busy(String),
+
+    #[error("source {path}: {why}")]
+    Source { path: PathBuf, why: String },
+
+    #[error("store is full: {0}")]
+    NoSpace(String),
+
+    #[error("corrupt chunk {hash} (pack {pack}, offset {offset}): {why}")]
+    Corrupt {
+        hash: ChunkHash,
+        pack: u64,
+        offset: u64,
+        why: String,
+    },
+
+    #[error("chunk {0} is missing from the store index")]
+    MissingChunk(ChunkHash),
+
+    #[error("damaged store metadata: {0}")]
+    BadMetadata(String),
+
+    #[error("{0}")]
+    Invalid(String),
+
+    #[error("database: {0}")]
+    Db(#[from] sled::Error),
+}
+
+impl Error {
+    /// The errno that the filesystem answers for this error.
+    pub fn errno(&self) -> i32 {
+        match self {
+            Error::Io { source, .. } => match source.raw_os_error() {
+                Some(libc::ENOSPC) | Some(libc::EDQUOT) => libc::ENOSPC,
+                Some(code) => code,
+                None => libc::EIO,
+            },
+            Error::NoSpace(_) => libc::ENOSPC,
+            Error::InvalidName { .. } | Error::Invalid(_) => libc::EINVAL,
+            Error::DiskNotFound(_) | Error::SnapshotNotFound { .. } => libc::ENOENT,
+            Error::DiskExists(_) | Error::SnapshotExists { .. } | Error::StoreExists(_) => {
+                libc::EEXIST
+            }
+            Error::Busy(_) | Error::Locked { .. } => libc::EBUSY,
+            Error::DiskHasSnapshots { .. } => libc::ENOTEMPTY,
+            _ => libc::EIO,
+        }
+    }
+
+    /// True when the error means the store's filesystem ran out of space.
+    pub fn is_no_space(&self) -> bool {
+        self.errno() == libc::ENOSPC
+    }
+}
+
+/// Adds a sentence of context to an `io::Error`.
+pub trait IoContext<T> {
+    fn context(self, context: impl FnOnce() -> String) -> Result<T>;
+}
+
+impl<T> IoContext<T> for io::Result<T> {
+    fn context(self, context: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|source| Error::Io {
+            context: context(),
+            source,
+        })
+    }
+}

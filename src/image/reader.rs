@@ -1,0 +1,120 @@
+//! `ImageReader`: the bytes of a snapshot image at any offset, reassembled
+//! from its chunks. Offset -> chunk is a division; chunk -> hash is a map
+//! lookup through cached pages; the bytes come verified from the store's
+//! chunk cache. Used by the mount and by export.
+
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::hash::ChunkHash;
+use crate::snapshot::{MapReader, SnapshotRecord};
+use crate::store::Store;
+
+pub struct ImageReader {
+    store: Arc<Store>,
+    record: SnapshotRecord,
+}
+
+impl ImageReader {
+    /// Opens a snapshot for reading. Its map stays alive through gc until
+    /// the reader is dropped, even if the snapshot is deleted meanwhile.
+    pub fn new(store: Arc<Store>, record: SnapshotRecord) -> ImageReader {
+        store.pin(record.map);
+        ImageReader { store, record }
+    }
+
+    pub fn record(&self) -> &SnapshotRecord {
+        &self.record
+    }
+
+    pub fn size(&self) -> u64 {
+        self.record.size
+    }
+
+    fn chunk_size(&self) -> u64 {
+        self.record.chunk_size as u64
+    }
+
+    fn map(&self) -> MapReader<'_> {
+        MapReader::new(&self.store, self.record.map)
+    }
+
+    pub fn chunk_hash(&self, chunk: u64) -> Result<ChunkHash> {
+        self.map().chunk_hash(chunk)
+    }
+
+    /// Length of chunk `chunk` (the last one may be short).
+    pub fn chunk_len(&self, chunk: u64) -> u64 {
+        let start = chunk * self.chunk_size();
+        self.size().saturating_sub(start).min(self.chunk_size())
+    }
+
+    /// The plain bytes of one chunk (None for an all-zero chunk).
+    pub fn chunk(&self, chunk: u64) -> Result<Option<Arc<Vec<u8>>>> {
+        let hash = self.chunk_hash(chunk)?;
+        if hash.is_zero() {
+            return Ok(None);
+        }
+        let data = self.store.get(&hash)?;
+        if data.len() as u64 != self.chunk_len(chunk) {
+            return Err(Error::BadMetadata(format!(
+                "chunk {hash} at offset {} holds {} bytes, the image needs {}",
+                chunk * self.chunk_size(),
+                data.len(),
+                self.chunk_len(chunk)
+            )));
+        }
+        Ok(Some(data))
+    }
+
+    /// Fills `buf` from `offset`; returns the bytes read (short only at the
+    /// end of the image).
+    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        let end = (offset + buf.len() as u64).min(self.size());
+        let mut pos = offset;
+        while pos < end {
+            let chunk = pos / self.chunk_size();
+            let within = (pos % self.chunk_size()) as usize;
+            let take = ((self.chunk_size() - within as u64).min(end - pos)) as usize;
+            let out = &mut buf[(pos - offset) as usize..(pos - offset) as usize + take];
+            match self.chunk(chunk)? {
+                Some(data) => out.copy_from_slice(&data[within..within + take]),
+                None => out.fill(0),
+            }
+            pos += take as u64;
+        }
+        Ok((end.saturating_sub(offset)) as usize)
+    }
+
+    /// The first offset at or after `offset` in a chunk that holds data, or
+    /// None if only zeros follow (SEEK_DATA).
+    pub fn next_data(&self, offset: u64) -> Result<Option<u64>> {
+        let mut chunk = offset / self.chunk_size();
+        while chunk * self.chunk_size() < self.size() {
+            if !self.chunk_hash(chunk)?.is_zero() {
+                return Ok(Some(offset.max(chunk * self.chunk_size())));
+            }
+            chunk += 1;
+        }
+        Ok(None)
+    }
+
+    /// The first offset at or after `offset` in an all-zero chunk, or the
+    /// image size (SEEK_HOLE).
+    pub fn next_hole(&self, offset: u64) -> Result<u64> {
+        let mut chunk = offset / self.chunk_size();
+        while chunk * self.chunk_size() < self.size() {
+            if self.chunk_hash(chunk)?.is_zero() {
+                return Ok(offset.max(chunk * self.chunk_size()));
+            }
+            chunk += 1;
+        }
+        Ok(self.size())
+    }
+}
+
+impl Drop for ImageReader {
+    fn drop(&mut self) {
+        self.store.unpin(self.record.map);
+    }
+}

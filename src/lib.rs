@@ -1,0 +1,48 @@
+//! snapfs: deduplicated disk snapshots for hosts that run virtual machines,
+//! served as a FUSE filesystem.
+//!
+//! # Architecture
+//!
+//! Data flows one way on each path; each module has one job.
+//!
+//! ```text
+//! create: source -> chunker/hasher/compressor (snapshot::create) -> store (packs + index)
+//!         -> snapshot map pages (snapshot::map) -> catalog commit (snapshot::catalog)
+//! read:   image::ImageReader::read_at -> map lookup -> store.get (cache, pack read, verify)
+//! ```
+//!
+//! - [`store`] owns the store directory: pack files of chunk records, the
+//!   sled index (hash -> pack, offset, length), crash recovery, gc.
+//! - [`snapshot`] owns names, the catalog of disks and snapshots, the chunk
+//!   maps (content-addressed pages, a small Merkle tree) and the create
+//!   pipeline.
+//! - [`image`] reads snapshot images: random access and export.
+//! - [`verify`] and [`stats`] read the whole store.
+//!
+//! # Durability
+//!
+//! Pack bytes are fsynced before the index entries and the catalog change
+//! that reference them commit in one sled transaction; sled is flushed
+//! after every commit. A crash leaves the last committed state; the next
+//! open cuts uncommitted pack tails. Every chunk read is re-hashed.
+//!
+//! # Locking
+//!
+//! | lock | held by | protects |
+//! |------|---------|----------|
+//! | `STORE/lock` (flock) | the one process that opened the store | the whole store |
+//! | `Store::catalog_lock` | name checks + catalog writes | snapshot names |
+//! | `Store::gc_lock` | snapshots (shared), gc (exclusive) | chunk liveness |
+//! | `Store::running` | one snapshot per disk | EBUSY |
+
+pub mod error;
+pub mod hash;
+pub mod image;
+pub mod snapshot;
+pub mod stats;
+pub mod store;
+pub mod verify;
+
+pub use error::{Error, Result};
+pub use hash::ChunkHash;
+pub use store::{OpenOptions, Store, StoreConfig};

@@ -1,0 +1,216 @@
+//! Writing new chunks: one `Ingest` per snapshot (or gc pass) appends to its
+//! own pack files and commits their index entries with the catalog change
+//! that makes them reachable.
+
+use std::collections::HashMap;
+use std::fs;
+
+use sled::transaction::{
+    ConflictableTransactionError, ConflictableTransactionResult, TransactionError,
+    TransactionalTree,
+};
+use sled::Transactional;
+
+use super::pack::{self, Codec, Location, PackWriter, PACK_TARGET_SIZE};
+use super::Store;
+use crate::error::{Error, Result};
+use crate::hash::ChunkHash;
+
+/// The trees a commit may change besides the new index entries.
+pub struct CommitTrees<'t> {
+    pub index: &'t TransactionalTree,
+    pub packs: &'t TransactionalTree,
+    pub snapshots: &'t TransactionalTree,
+    pub disks: &'t TransactionalTree,
+}
+
+/// The catalog part of a commit, run inside the sled transaction.
+pub type CatalogChange<'a> =
+    dyn Fn(&CommitTrees) -> ConflictableTransactionResult<(), Error> + 'a;
+
+pub struct Ingest<'s> {
+    store: &'s Store,
+    writer: Option<PackWriter>,
+    /// Synced but not yet committed: (pack id, length).
+    synced_packs: Vec<(u64, u64)>,
+    /// Written but not yet committed index entries.
+    pending: Vec<(ChunkHash, Location)>,
+    /// Everything this session wrote, so it never writes a chunk twice.
+    written: HashMap<ChunkHash, Location>,
+    /// Bytes appended to packs by this session.
+    added_bytes: u64,
+    new_chunks: u64,
+    committed: bool,
+}
+
+impl<'s> Ingest<'s> {
+    pub fn new(store: &'s Store) -> Ingest<'s> {
+        Ingest {
+            store,
+            writer: None,
+            synced_packs: Vec::new(),
+            pending: Vec::new(),
+            written: HashMap::new(),
+            added_bytes: 0,
+            new_chunks: 0,
+            committed: false,
+        }
+    }
+
+    pub fn store(&self) -> &'s Store {
+        self.store
+    }
+
+    pub fn added_bytes(&self) -> u64 {
+        self.added_bytes
+    }
+
+    pub fn new_chunks(&self) -> u64 {
+        self.new_chunks
+    }
+
+    pub fn contains(&self, hash: &ChunkHash) -> Result<bool> {
+        Ok(self.written.contains_key(hash) || self.store.contains(hash)?)
+    }
+
+    /// Stores an encoded chunk unless the store already has it. Returns
+    /// whether it was written.
+    pub fn put_encoded(
+        &mut self,
+        hash: &ChunkHash,
+        raw_len: u32,
+        codec: Codec,
+        stored: &[u8],
+    ) -> Result<bool> {
+        if self.contains(hash)? {
+            return Ok(false);
+        }
+        self.append(hash, raw_len, codec, stored)?;
+        Ok(true)
+    }
+
+    /// Stores plain bytes (hashing and compressing them) and returns their
+    /// address.
+    pub fn put_plain(&mut self, plain: &[u8]) -> Result<ChunkHash> {
+        let hash = ChunkHash::of(plain);
+        if !self.contains(&hash)? {
+            let (codec, stored) = pack::encode_chunk(plain, self.store.config().zstd());
+            self.append(&hash, plain.len() as u32, codec, &stored)?;
+        }
+        Ok(hash)
+    }
+
+    /// Appends without the presence check; gc uses it to move live chunks.
+    pub(crate) fn append(
+        &mut self,
+        hash: &ChunkHash,
+        raw_len: u32,
+        codec: Codec,
+        stored: &[u8],
+    ) -> Result<()> {
+        if self.writer.is_none() {
+            let id = self.store.new_pack_id()?;
+            self.writer = Some(PackWriter::create(self.store.packs_dir(), id)?);
+        }
+        let Some(writer) = self.writer.as_mut() else {
+            return Err(Error::Invalid("no pack writer".into()));
+        };
+        let location = writer.append(hash, raw_len, codec, stored)?;
+        self.pending.push((*hash, location));
+        self.written.insert(*hash, location);
+        self.added_bytes += location.record_len();
+        self.new_chunks += 1;
+        if writer.len() >= PACK_TARGET_SIZE {
+            self.seal_pack()?;
+            // Commit index entries per full pack so memory stays bounded on
+            // huge disks; unreferenced chunks are gc's to reclaim.
+            self.commit_inner(None)?;
+        }
+        Ok(())
+    }
+
+    fn seal_pack(&mut self) -> Result<()> {
+        if let Some(mut writer) = self.writer.take() {
+            writer.sync()?;
+            self.synced_packs.push((writer.id(), writer.len()));
+        }
+        Ok(())
+    }
+
+    /// Makes everything durable and applies `change` to the catalog in the
+    /// same transaction.
+    pub fn commit(mut self, change: &CatalogChange<'_>) -> Result<()> {
+        self.seal_pack()?;
+        self.commit_inner(Some(change))?;
+        self.committed = true;
+        Ok(())
+    }
+
+    fn commit_inner(&mut self, change: Option<&CatalogChange<'_>>) -> Result<()> {
+        let store = self.store;
+        let pending = &self.pending;
+        let packs = &self.synced_packs;
+        let result = (&store.index, &store.packs, &store.snapshots, &store.disks).transaction(
+            |(index, pack_lens, snapshots, disks)| {
+                for (hash, location) in pending {
+                    index.insert(&hash.0, &location.encode())?;
+                }
+                for (id, len) in packs {
+                    pack_lens.insert(&id.to_be_bytes(), &len.to_le_bytes())?;
+                }
+                if let Some(change) = change {
+                    change(&CommitTrees {
+                        index,
+                        packs: pack_lens,
+                        snapshots,
+                        disks,
+                    })?;
+                }
+                Ok(())
+            },
+        );
+        match result {
+            Ok(()) => {}
+            Err(TransactionError::Abort(e)) => return Err(e),
+            Err(TransactionError::Storage(e)) => return Err(e.into()),
+        }
+        store.flush()?;
+        self.pending.clear();
+        self.synced_packs.clear();
+        Ok(())
+    }
+}
+
+impl Drop for Ingest<'_> {
+    /// An uncommitted session leaves nothing in its packs past what was
+    /// committed: the open writer's file is cut back or removed now rather
+    /// than at the next open.
+    fn drop(&mut self) {
+        if self.committed {
+            return;
+        }
+        let mut uncommitted: Vec<u64> = self.synced_packs.iter().map(|(id, _)| *id).collect();
+        if let Some(writer) = self.writer.take() {
+            uncommitted.push(writer.id());
+        }
+        for id in uncommitted {
+            let path = pack::pack_path(self.store.packs_dir(), id);
+            match self.store.committed_pack_len(id) {
+                Ok(None) => {
+                    let _ = fs::remove_file(&path);
+                }
+                Ok(Some(len)) => {
+                    if let Ok(file) = fs::OpenOptions::new().write(true).open(&path) {
+                        let _ = file.set_len(len);
+                    }
+                }
+                Err(_) => {}
+            }
+        }
+    }
+}
+
+/// Turns an error into a transaction abort.
+pub fn abort<T>(e: Error) -> ConflictableTransactionResult<T, Error> {
+    Err(ConflictableTransactionError::Abort(e))
+}

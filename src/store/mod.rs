@@ -1,0 +1,516 @@
+//! The chunk store: pack files of chunk records, the sled index that finds
+//! them, and the catalog trees. It owns the store directory:
+//!
+//! ```text
+//! STORE/FORMAT        "snapfs store format 1": checked before sled opens
+//! STORE/lock          flock; names the holding pid (and mountpoint)
+//! STORE/db/           sled: meta, index, packs, disks, snapshots
+//! STORE/packs/*.pack  append-only chunk records (see pack.rs)
+//! ```
+//!
+//! Durability order: pack bytes are fsynced, then the index entries, the
+//! packs' committed lengths and the catalog change commit in one sled
+//! transaction, then sled is flushed. At open, bytes past a pack's committed
+//! length and packs with no committed length are removed.
+
+pub mod gc;
+mod ingest;
+pub mod lock;
+pub mod pack;
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{self, File};
+use std::num::NonZeroUsize;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+use lru::LruCache;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, IoContext, Result};
+use crate::hash::ChunkHash;
+use crate::snapshot::MapRoot;
+pub use ingest::{abort as ingest_abort, CommitTrees, Ingest};
+use lock::StoreLock;
+use pack::Location;
+
+pub const FORMAT_VERSION: u32 = 1;
+const FORMAT_FILE: &str = "FORMAT";
+const FORMAT_PREFIX: &str = "snapfs store format ";
+
+pub const MIN_CHUNK_SIZE: u32 = 64 << 10;
+pub const MAX_CHUNK_SIZE: u32 = 4 << 20;
+pub const DEFAULT_CHUNK_SIZE: u32 = 256 << 10;
+pub const DEFAULT_CACHE_BYTES: u64 = 256 << 20;
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    Zstd,
+    None,
+}
+
+impl std::fmt::Display for Compression {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Compression::Zstd => "zstd",
+            Compression::None => "none",
+        })
+    }
+}
+
+impl std::str::FromStr for Compression {
+    type Err = Error;
+    fn from_str(text: &str) -> Result<Compression> {
+        match text {
+            "zstd" => Ok(Compression::Zstd),
+            "none" => Ok(Compression::None),
+            other => Err(Error::Invalid(format!(
+                "unknown compression {other:?} (use zstd or none)"
+            ))),
+        }
+    }
+}
+
+/// Settings fixed when a store is created.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoreConfig {
+    pub chunk_size: u32,
+    pub compression: Compression,
+    pub zstd_level: i32,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            chunk_size: DEFAULT_CHUNK_SIZE,
+            compression: Compression::Zstd,
+            zstd_level: 1,
+        }
+    }
+}
+
+impl StoreConfig {
+    pub fn validate(&self) -> Result<()> {
+        let size = self.chunk_size;
+        if !size.is_power_of_two() || !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&size) {
+            return Err(Error::Invalid(format!(
+                "chunk size {size} must be a power of two from 64 KiB to 4 MiB"
+            )));
+        }
+        if !(1..=19).contains(&self.zstd_level) {
+            return Err(Error::Invalid(format!(
+                "zstd level {} must be from 1 to 19",
+                self.zstd_level
+            )));
+        }
+        Ok(())
+    }
+
+    /// The zstd level to compress new chunks with, if any.
+    pub fn zstd(&self) -> Option<i32> {
+        match self.compression {
+            Compression::Zstd => Some(self.zstd_level),
+            Compression::None => None,
+        }
+    }
+}
+
+/// How to open a store.
+#[derive(Clone, Debug)]
+pub struct OpenOptions {
+    /// Create the store with this configuration when it does not exist.
+    pub create: Option<StoreConfig>,
+    /// Bytes of decompressed chunks kept in memory.
+    pub cache_bytes: u64,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        OpenOptions {
+            create: Some(StoreConfig::default()),
+            cache_bytes: DEFAULT_CACHE_BYTES,
+        }
+    }
+}
+
+pub struct Store {
+    root: PathBuf,
+    packs_dir: PathBuf,
+    config: StoreConfig,
+    db: sled::Db,
+    meta: sled::Tree,
+    pub(crate) index: sled::Tree,
+    pub(crate) packs: sled::Tree,
+    pub(crate) disks: sled::Tree,
+    pub(crate) snapshots: sled::Tree,
+    pack_files: Mutex<HashMap<u64, Arc<File>>>,
+    cache: Mutex<LruCache<ChunkHash, Arc<Vec<u8>>>>,
+    /// Serialises catalog changes that check a name and then write it.
+    pub(crate) catalog_lock: Mutex<()>,
+    /// Snapshots being taken hold it shared; gc holds it exclusive, so gc
+    /// never drops a chunk a running snapshot is about to reference.
+    pub(crate) gc_lock: RwLock<()>,
+    /// Map roots of snapshots still open after deletion: gc keeps them.
+    pins: Mutex<HashMap<MapRoot, usize>>,
+    /// Disks with a snapshot being taken right now.
+    running: Mutex<HashSet<String>>,
+    lock: Mutex<StoreLock>,
+}
+
+/// Marks a disk busy while a snapshot of it runs.
+pub struct RunningGuard<'s> {
+    store: &'s Store,
+    disk: String,
+}
+
+impl Drop for RunningGuard<'_> {
+    fn drop(&mut self) {
+        self.store
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.disk);
+    }
+}
+
+impl Store {
+    /// Creates a new store; fails if one exists at `root`.
+    pub fn init(root: &Path, config: StoreConfig) -> Result<Store> {
+        config.validate()?;
+        if root.join(FORMAT_FILE).exists() {
+            return Err(Error::StoreExists(root.to_path_buf()));
+        }
+        Store::open(
+            root,
+            &OpenOptions {
+                create: Some(config),
+                ..OpenOptions::default()
+            },
+        )
+    }
+
+    pub fn open(root: &Path, options: &OpenOptions) -> Result<Store> {
+        let format_path = root.join(FORMAT_FILE);
+        if !format_path.exists() && options.create.is_none() {
+            return Err(Error::NotAStore {
+                path: root.to_path_buf(),
+                why: "no FORMAT file".into(),
+            });
+        }
+        if !root.exists() {
+            fs::create_dir_all(root).context(|| format!("creating store {}", root.display()))?;
+            fs::set_permissions(root, fs::Permissions::from_mode(0o700))
+                .context(|| format!("setting permissions of {}", root.display()))?;
+        }
+        let lock = StoreLock::acquire(root)?;
+        let fresh = !format_path.exists();
+        if !fresh {
+            check_format_file(root)?;
+        }
+        let packs_dir = root.join("packs");
+        fs::create_dir_all(&packs_dir)
+            .context(|| format!("creating {}", packs_dir.display()))?;
+        let db = sled::Config::new()
+            .path(root.join("db"))
+            .cache_capacity(32 << 20)
+            .open()?;
+        let meta = db.open_tree("meta")?;
+        let config = match meta.get("config")? {
+            Some(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| Error::BadMetadata(format!("store config: {e}")))?,
+            None if fresh => {
+                let config = options.create.unwrap_or_default();
+                config.validate()?;
+                let json = serde_json::to_vec(&config).map_err(|e| Error::Invalid(e.to_string()))?;
+                meta.insert("config", json)?;
+                meta.insert("format", &FORMAT_VERSION.to_le_bytes())?;
+                db.flush()?;
+                config
+            }
+            None => return Err(Error::BadMetadata("store config is missing".into())),
+        };
+        if fresh {
+            // Also finishes an init that crashed after sled had the config.
+            write_format_file(root)?;
+        }
+        let store = Store {
+            root: root.to_path_buf(),
+            packs_dir,
+            config,
+            index: db.open_tree("index")?,
+            packs: db.open_tree("packs")?,
+            disks: db.open_tree("disks")?,
+            snapshots: db.open_tree("snapshots")?,
+            meta,
+            db,
+            pack_files: Mutex::new(HashMap::new()),
+            cache: Mutex::new(LruCache::new(cache_entries(options.cache_bytes, config))),
+            catalog_lock: Mutex::new(()),
+            gc_lock: RwLock::new(()),
+            pins: Mutex::new(HashMap::new()),
+            running: Mutex::new(HashSet::new()),
+            lock: Mutex::new(lock),
+        };
+        store.check_db_format()?;
+        store.recover_packs()?;
+        Ok(store)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn config(&self) -> StoreConfig {
+        self.config
+    }
+
+    pub fn chunk_size(&self) -> u64 {
+        self.config.chunk_size as u64
+    }
+
+    pub(crate) fn packs_dir(&self) -> &Path {
+        &self.packs_dir
+    }
+
+    pub(crate) fn db(&self) -> &sled::Db {
+        &self.db
+    }
+
+    /// Records in the lock file that this process serves a mount.
+    pub fn announce_mount(&self, mountpoint: Option<&Path>) -> Result<()> {
+        self.lock
+            .lock()
+            .map_err(|_| Error::Invalid("lock poisoned".into()))?
+            .write_holder(mountpoint)
+    }
+
+    pub fn flush(&self) -> Result<()> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    fn check_db_format(&self) -> Result<()> {
+        let found = self
+            .meta
+            .get("format")?
+            .and_then(|v| <[u8; 4]>::try_from(v.as_ref()).ok())
+            .map(u32::from_le_bytes);
+        match found {
+            Some(FORMAT_VERSION) => Ok(()),
+            other => Err(Error::FormatVersion {
+                path: self.root.clone(),
+                found: other.map_or("unknown".into(), |v| v.to_string()),
+                expected: FORMAT_VERSION,
+            }),
+        }
+    }
+
+    /// Cuts off pack bytes that no commit covers and removes packs that no
+    /// commit ever named: the leftovers of a crash.
+    fn recover_packs(&self) -> Result<()> {
+        let entries = fs::read_dir(&self.packs_dir)
+            .context(|| format!("listing {}", self.packs_dir.display()))?;
+        for entry in entries {
+            let entry = entry.context(|| format!("listing {}", self.packs_dir.display()))?;
+            let name = entry.file_name();
+            let Some(id) = name.to_str().and_then(pack::pack_id_from_name) else {
+                continue;
+            };
+            let path = entry.path();
+            match self.committed_pack_len(id)? {
+                None => {
+                    log::info!("removing uncommitted pack {}", path.display());
+                    fs::remove_file(&path).context(|| format!("removing {}", path.display()))?;
+                }
+                Some(committed) => {
+                    let actual = entry
+                        .metadata()
+                        .context(|| format!("reading {}", path.display()))?
+                        .len();
+                    if actual > committed {
+                        log::info!(
+                            "cutting {} uncommitted bytes off {}",
+                            actual - committed,
+                            path.display()
+                        );
+                        let file = fs::OpenOptions::new()
+                            .write(true)
+                            .open(&path)
+                            .context(|| format!("opening {}", path.display()))?;
+                        file.set_len(committed)
+                            .and_then(|_| file.sync_all())
+                            .context(|| format!("truncating {}", path.display()))?;
+                    } else if actual < committed {
+                        log::warn!(
+                            "pack {} is {} bytes shorter than committed; run snapfs verify",
+                            path.display(),
+                            committed - actual
+                        );
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn committed_pack_len(&self, id: u64) -> Result<Option<u64>> {
+        Ok(self
+            .packs
+            .get(id.to_be_bytes())?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+            .map(u64::from_le_bytes))
+    }
+
+    /// A fresh id for a new pack file.
+    pub(crate) fn new_pack_id(&self) -> Result<u64> {
+        Ok(self.db.generate_id()? + 1)
+    }
+
+    pub fn locate(&self, hash: &ChunkHash) -> Result<Option<Location>> {
+        match self.index.get(hash.0)? {
+            Some(bytes) => Ok(Some(Location::decode(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn contains(&self, hash: &ChunkHash) -> Result<bool> {
+        Ok(self.index.contains_key(hash.0)?)
+    }
+
+    /// The plain bytes of a chunk or page, verified against its hash,
+    /// through the cache.
+    pub fn get(&self, hash: &ChunkHash) -> Result<Arc<Vec<u8>>> {
+        if let Some(hit) = self.cache_lock().get(hash) {
+            return Ok(hit.clone());
+        }
+        let data = Arc::new(self.read_verified(hash)?);
+        self.cache_lock().put(*hash, data.clone());
+        Ok(data)
+    }
+
+    /// Reads and verifies a chunk from its pack, bypassing the cache.
+    pub fn read_verified(&self, hash: &ChunkHash) -> Result<Vec<u8>> {
+        let location = self.locate(hash)?.ok_or(Error::MissingChunk(*hash))?;
+        match self.pack_file(location.pack) {
+            Ok(file) => pack::read_record(&file, hash, &location),
+            // gc may have moved the chunk between our lookup and the open.
+            Err(_) => {
+                let location = self.locate(hash)?.ok_or(Error::MissingChunk(*hash))?;
+                pack::read_record(&*self.pack_file(location.pack)?, hash, &location)
+            }
+        }
+    }
+
+    fn cache_lock(&self) -> std::sync::MutexGuard<'_, LruCache<ChunkHash, Arc<Vec<u8>>>> {
+        // A panic while holding the cache cannot leave it inconsistent.
+        self.cache.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn pack_file(&self, id: u64) -> Result<Arc<File>> {
+        let mut files = self.pack_files.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(file) = files.get(&id) {
+            return Ok(file.clone());
+        }
+        let path = pack::pack_path(&self.packs_dir, id);
+        let file = File::open(&path).context(|| format!("opening pack {}", path.display()))?;
+        pack::check_pack_header(&file, id)?;
+        let file = Arc::new(file);
+        files.insert(id, file.clone());
+        Ok(file)
+    }
+
+    /// Forgets an open pack file (after gc removed it).
+    pub(crate) fn forget_pack_file(&self, id: u64) {
+        self.pack_files
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+    }
+
+    /// Drops every cached chunk (used after a verify or gc pass).
+    pub fn clear_cache(&self) {
+        self.cache_lock().clear();
+    }
+
+    /// Marks `disk` busy, or fails with `Busy` if a snapshot of it runs.
+    pub fn start_running(&self, disk: &str) -> Result<RunningGuard<'_>> {
+        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        if !running.insert(disk.to_string()) {
+            return Err(Error::Busy(disk.to_string()));
+        }
+        Ok(RunningGuard {
+            store: self,
+            disk: disk.to_string(),
+        })
+    }
+
+    pub fn is_running(&self, disk: &str) -> bool {
+        self.running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(disk)
+    }
+
+    /// Keeps the map under `root` alive through gc until `unpin`.
+    pub fn pin(&self, root: MapRoot) {
+        *self.pins.lock().unwrap_or_else(|e| e.into_inner()).entry(root).or_insert(0) += 1;
+    }
+
+    pub fn unpin(&self, root: MapRoot) {
+        let mut pins = self.pins.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = pins.get_mut(&root) {
+            *count -= 1;
+            if *count == 0 {
+                pins.remove(&root);
+            }
+        }
+    }
+
+    pub(crate) fn pinned_roots(&self) -> Vec<MapRoot> {
+        self.pins
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .copied()
+            .collect()
+    }
+}
+
+fn cache_entries(cache_bytes: u64, config: StoreConfig) -> NonZeroUsize {
+    let entries = (cache_bytes / config.chunk_size as u64).max(16) as usize;
+    NonZeroUsize::new(entries).unwrap_or(NonZeroUsize::MIN)
+}
+
+fn check_format_file(root: &Path) -> Result<()> {
+    let path = root.join(FORMAT_FILE);
+    let text = fs::read_to_string(&path).context(|| format!("reading {}", path.display()))?;
+    let found = text
+        .trim()
+        .strip_prefix(FORMAT_PREFIX)
+        .ok_or_else(|| Error::NotAStore {
+            path: root.to_path_buf(),
+            why: "FORMAT file is not a snapfs format line".into(),
+        })?;
+    if found.parse::<u32>().ok() != Some(FORMAT_VERSION) {
+        return Err(Error::FormatVersion {
+            path: root.to_path_buf(),
+            found: found.to_string(),
+            expected: FORMAT_VERSION,
+        });
+    }
+    Ok(())
+}
+
+/// Written last at creation, through a rename, so a crash mid-init leaves no
+/// half store that claims to be one.
+fn write_format_file(root: &Path) -> Result<()> {
+    let tmp = root.join("FORMAT.tmp");
+    let text = format!("{FORMAT_PREFIX}{FORMAT_VERSION}\n");
+    fs::write(&tmp, text)
+        .and_then(|_| File::open(&tmp)?.sync_all())
+        .and_then(|_| fs::rename(&tmp, root.join(FORMAT_FILE)))
+        .and_then(|_| File::open(root)?.sync_all())
+        .context(|| format!("writing {}", root.join(FORMAT_FILE).display()))
+}

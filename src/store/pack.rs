@@ -1,0 +1,311 @@
+//! Pack files: append-only files of chunk records.
+//!
+//! A pack starts with a 16-byte header (magic `SNAPFSPK`, u32 LE format
+//! version, u32 reserved) followed by records. A record is a 48-byte header
+//! and the stored bytes:
+//!
+//! | offset | size | field                                  |
+//! |--------|------|----------------------------------------|
+//! | 0      | 4    | magic `CHNK`                           |
+//! | 4      | 32   | blake3 hash of the plain bytes         |
+//! | 36     | 4    | stored length, u32 LE                  |
+//! | 40     | 4    | plain length, u32 LE                   |
+//! | 44     | 1    | codec: 0 none, 1 zstd                  |
+//! | 45     | 3    | reserved, zero                         |
+//!
+//! A pack never changes once written up to its committed length (kept in the
+//! index); bytes past it are the tail of an interrupted write and are cut off
+//! when the store opens.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, IoContext, Result};
+use crate::hash::ChunkHash;
+
+pub const PACK_MAGIC: &[u8; 8] = b"SNAPFSPK";
+pub const PACK_VERSION: u32 = 1;
+pub const PACK_HEADER_LEN: u64 = 16;
+pub const RECORD_MAGIC: &[u8; 4] = b"CHNK";
+pub const RECORD_HEADER_LEN: usize = 48;
+
+/// A pack is closed and a new one started past this size, so that gc can
+/// rewrite a pack without copying gigabytes.
+pub const PACK_TARGET_SIZE: u64 = 128 << 20;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Codec {
+    None = 0,
+    Zstd = 1,
+}
+
+impl Codec {
+    pub fn from_u8(value: u8) -> Option<Codec> {
+        match value {
+            0 => Some(Codec::None),
+            1 => Some(Codec::Zstd),
+            _ => None,
+        }
+    }
+}
+
+/// Where a chunk's record lives. This is the value of the index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Location {
+    pub pack: u64,
+    pub offset: u64,
+    pub stored_len: u32,
+    pub raw_len: u32,
+    pub codec: Codec,
+}
+
+const LOCATION_LEN: usize = 25;
+
+impl Location {
+    /// Index value: pack u64 LE, offset u64 LE, stored u32 LE, raw u32 LE, codec u8.
+    pub fn encode(&self) -> [u8; LOCATION_LEN] {
+        let mut out = [0u8; LOCATION_LEN];
+        out[0..8].copy_from_slice(&self.pack.to_le_bytes());
+        out[8..16].copy_from_slice(&self.offset.to_le_bytes());
+        out[16..20].copy_from_slice(&self.stored_len.to_le_bytes());
+        out[20..24].copy_from_slice(&self.raw_len.to_le_bytes());
+        out[24] = self.codec as u8;
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Location> {
+        let bad = || Error::BadMetadata(format!("index entry of {} bytes", bytes.len()));
+        if bytes.len() != LOCATION_LEN {
+            return Err(bad());
+        }
+        let u64_at = |i: usize| u64::from_le_bytes(bytes[i..i + 8].try_into().unwrap_or([0; 8]));
+        let u32_at = |i: usize| u32::from_le_bytes(bytes[i..i + 4].try_into().unwrap_or([0; 4]));
+        Ok(Location {
+            pack: u64_at(0),
+            offset: u64_at(8),
+            stored_len: u32_at(16),
+            raw_len: u32_at(20),
+            codec: Codec::from_u8(bytes[24]).ok_or_else(bad)?,
+        })
+    }
+
+    /// Bytes the record takes in its pack, header included.
+    pub fn record_len(&self) -> u64 {
+        RECORD_HEADER_LEN as u64 + self.stored_len as u64
+    }
+}
+
+pub fn pack_path(dir: &Path, id: u64) -> PathBuf {
+    dir.join(format!("{id:016x}.pack"))
+}
+
+/// Parses a pack file name back into its id.
+pub fn pack_id_from_name(name: &str) -> Option<u64> {
+    let hex = name.strip_suffix(".pack")?;
+    if hex.len() != 16 {
+        return None;
+    }
+    u64::from_str_radix(hex, 16).ok()
+}
+
+/// Appends records to one new pack file.
+pub struct PackWriter {
+    id: u64,
+    path: PathBuf,
+    out: BufWriter<File>,
+    len: u64,
+}
+
+impl PackWriter {
+    pub fn create(dir: &Path, id: u64) -> Result<PackWriter> {
+        let path = pack_path(dir, id);
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .context(|| format!("creating pack {}", path.display()))?;
+        let mut out = BufWriter::with_capacity(1 << 20, file);
+        let mut header = [0u8; PACK_HEADER_LEN as usize];
+        header[..8].copy_from_slice(PACK_MAGIC);
+        header[8..12].copy_from_slice(&PACK_VERSION.to_le_bytes());
+        out.write_all(&header)
+            .context(|| format!("writing pack {}", path.display()))?;
+        Ok(PackWriter {
+            id,
+            path,
+            out,
+            len: PACK_HEADER_LEN,
+        })
+    }
+
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == PACK_HEADER_LEN
+    }
+
+    pub fn append(
+        &mut self,
+        hash: &ChunkHash,
+        raw_len: u32,
+        codec: Codec,
+        stored: &[u8],
+    ) -> Result<Location> {
+        let location = Location {
+            pack: self.id,
+            offset: self.len,
+            stored_len: stored.len() as u32,
+            raw_len,
+            codec,
+        };
+        let header = record_header(hash, &location);
+        let path = &self.path;
+        self.out
+            .write_all(&header)
+            .and_then(|_| self.out.write_all(stored))
+            .context(|| format!("writing pack {}", path.display()))?;
+        self.len += location.record_len();
+        Ok(location)
+    }
+
+    /// Makes everything appended so far durable.
+    pub fn sync(&mut self) -> Result<()> {
+        let path = &self.path;
+        self.out
+            .flush()
+            .and_then(|_| self.out.get_ref().sync_data())
+            .context(|| format!("syncing pack {}", path.display()))
+    }
+}
+
+fn record_header(hash: &ChunkHash, location: &Location) -> [u8; RECORD_HEADER_LEN] {
+    let mut header = [0u8; RECORD_HEADER_LEN];
+    header[0..4].copy_from_slice(RECORD_MAGIC);
+    header[4..36].copy_from_slice(&hash.0);
+    header[36..40].copy_from_slice(&location.stored_len.to_le_bytes());
+    header[40..44].copy_from_slice(&location.raw_len.to_le_bytes());
+    header[44] = location.codec as u8;
+    header
+}
+
+/// Reads one record and returns its plain bytes, verified against `hash`.
+pub fn read_record(file: &File, hash: &ChunkHash, location: &Location) -> Result<Vec<u8>> {
+    let corrupt = |why: String| Error::Corrupt {
+        hash: *hash,
+        pack: location.pack,
+        offset: location.offset,
+        why,
+    };
+    let mut record = vec![0u8; location.record_len() as usize];
+    file.read_exact_at(&mut record, location.offset)
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => corrupt("pack is shorter than the index says".into()),
+            _ => Error::Io {
+                context: format!("reading pack {:016x}", location.pack),
+                source: e,
+            },
+        })?;
+    if record[..RECORD_HEADER_LEN] != record_header(hash, location) {
+        return Err(corrupt("record header does not match the index".into()));
+    }
+    let stored = &record[RECORD_HEADER_LEN..];
+    let plain = match location.codec {
+        Codec::None => stored.to_vec(),
+        Codec::Zstd => zstd::bulk::decompress(stored, location.raw_len as usize)
+            .map_err(|e| corrupt(format!("cannot decompress: {e}")))?,
+    };
+    if plain.len() != location.raw_len as usize {
+        return Err(corrupt(format!(
+            "decompressed to {} bytes, expected {}",
+            plain.len(),
+            location.raw_len
+        )));
+    }
+    if ChunkHash::of(&plain) != *hash {
+        return Err(corrupt("content does not match its hash".into()));
+    }
+    Ok(plain)
+}
+
+/// Checks the header of a pack file opened for reading.
+pub fn check_pack_header(file: &File, id: u64) -> Result<()> {
+    let mut header = [0u8; PACK_HEADER_LEN as usize];
+    file.read_exact_at(&mut header, 0)
+        .context(|| format!("reading header of pack {id:016x}"))?;
+    if &header[..8] != PACK_MAGIC {
+        return Err(Error::BadMetadata(format!("pack {id:016x} has no pack header")));
+    }
+    let version = u32::from_le_bytes(header[8..12].try_into().unwrap_or([0; 4]));
+    if version != PACK_VERSION {
+        return Err(Error::BadMetadata(format!(
+            "pack {id:016x} has format version {version}, expected {PACK_VERSION}"
+        )));
+    }
+    Ok(())
+}
+
+/// Compresses a chunk when that saves space; returns the codec used and the
+/// bytes to store.
+pub fn encode_chunk(plain: &[u8], compress: Option<i32>) -> (Codec, Vec<u8>) {
+    if let Some(level) = compress {
+        if let Ok(packed) = zstd::bulk::compress(plain, level) {
+            if packed.len() < plain.len() {
+                return (Codec::Zstd, packed);
+            }
+        }
+    }
+    (Codec::None, plain.to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn location_round_trip() {
+        let loc = Location {
+            pack: 7,
+            offset: 1 << 40,
+            stored_len: 12345,
+            raw_len: 65536,
+            codec: Codec::Zstd,
+        };
+        assert_eq!(Location::decode(&loc.encode()).unwrap(), loc);
+        assert!(Location::decode(&[1, 2, 3]).is_err());
+    }
+
+    #[test]
+    fn record_round_trip_and_flip_detected() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut writer = PackWriter::create(dir.path(), 1).unwrap();
+        let data = vec![7u8; 100_000];
+        let hash = ChunkHash::of(&data);
+        let (codec, stored) = encode_chunk(&data, Some(3));
+        assert_eq!(codec, Codec::Zstd);
+        let loc = writer.append(&hash, data.len() as u32, codec, &stored).unwrap();
+        writer.sync().unwrap();
+        let path = pack_path(dir.path(), 1);
+        let file = File::open(&path).unwrap();
+        check_pack_header(&file, 1).unwrap();
+        assert_eq!(read_record(&file, &hash, &loc).unwrap(), data);
+
+        let mut bytes = std::fs::read(&path).unwrap();
+        let last = bytes.len() - 3;
+        bytes[last] ^= 0x40;
+        std::fs::write(&path, &bytes).unwrap();
+        let file = File::open(&path).unwrap();
+        assert!(matches!(
+            read_record(&file, &hash, &loc),
+            Err(Error::Corrupt { .. })
+        ));
+    }
+}
