@@ -49,7 +49,9 @@ pub enum Error {
     #[error("disk {0} already exists")]
     DiskExists(String),
 
-    #[error("disk {disk} still has {count} snapshot(s); remove them first or pass --with-snapshots")]
+    #[error(
+        "disk {disk} still has {count} snapshot(s); remove them first or pass --with-snapshots"
+    )]
     DiskHasSnapshots { disk: String, count: usize },
 
     #[error("no snapshot {name} of disk {disk}")]

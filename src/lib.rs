@@ -36,11 +36,14 @@
 //! | `Store::running` | one snapshot per disk | EBUSY |
 
 pub mod error;
+pub mod fs;
+pub mod fuse;
 pub mod hash;
 pub mod image;
 pub mod snapshot;
 pub mod stats;
 pub mod store;
+pub mod units;
 pub mod verify;
 
 pub use error::{Error, Result};

@@ -5,7 +5,7 @@ mod cli;
 use clap::Parser;
 
 fn main() {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn,fuser=error")).init();
     // Usage errors exit with status 2 (clap's default).
     let args = cli::Cli::parse();
     if let Err(err) = cli::run(args) {

@@ -1,13 +1,14 @@
 //! `snapfs disk ...`
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Subcommand;
 
-use super::units::{format_bytes, rfc3339_ms};
-use super::{open_store, print_json};
+use super::{print_json, Output};
 use snapfs::snapshot::source::Source;
+use snapfs::store::Store;
+use snapfs::units::{format_bytes, rfc3339_ms};
 
 #[derive(Subcommand, Debug)]
 pub enum DiskCommand {
@@ -37,18 +38,18 @@ struct DiskRow {
     size: Option<u64>,
 }
 
-pub fn run(dir: &Path, command: DiskCommand) -> Result<()> {
-    let store = open_store(dir)?;
+pub fn run(store: &Store, command: DiskCommand, out: &mut Output) -> Result<()> {
     match command {
         DiskCommand::Add { name, source } => {
             let record = store.add_disk(&name, &source)?;
             let size = Source::open(&record.source).map(|s| s.size()).unwrap_or(0);
-            println!(
+            writeln!(
+                out.out,
                 "added disk {} ({}, {})",
                 record.name,
                 record.source.display(),
                 format_bytes(size)
-            );
+            )?;
         }
         DiskCommand::List { json } => {
             let mut rows = Vec::new();
@@ -62,18 +63,23 @@ pub fn run(dir: &Path, command: DiskCommand) -> Result<()> {
                 });
             }
             if json {
-                return print_json(&rows);
+                return print_json(out, &rows);
             }
-            println!("{:<24} {:>10} {:>9}  SOURCE", "NAME", "SIZE", "SNAPSHOTS");
+            writeln!(
+                out.out,
+                "{:<24} {:>10} {:>9}  SOURCE",
+                "NAME", "SIZE", "SNAPSHOTS"
+            )?;
             for row in rows {
                 let size = row.size.map_or("unreadable".into(), format_bytes);
-                println!(
+                writeln!(
+                    out.out,
                     "{:<24} {:>10} {:>9}  {}",
                     row.name,
                     size,
                     row.snapshots,
                     row.source.display()
-                );
+                )?;
             }
         }
         DiskCommand::Rm {
@@ -81,7 +87,7 @@ pub fn run(dir: &Path, command: DiskCommand) -> Result<()> {
             with_snapshots,
         } => {
             store.remove_disk(&name, with_snapshots)?;
-            println!("removed disk {name}");
+            writeln!(out.out, "removed disk {name}")?;
         }
     }
     Ok(())

@@ -1,16 +1,22 @@
 //! The command line: clap definitions and the code that runs each command.
-//! Every command opens the store itself (creating it with default settings
-//! on first use), does its work and prints a short result.
+//!
+//! A command opens the store itself (creating it with default settings on
+//! first use). While a mount holds the store, commands go through the mount
+//! instead (`remote`): snapshots through `.create`, exports by reading the
+//! image file, everything else through `/.control`, which runs the same
+//! `execute` inside the mount process.
 
 mod disk;
+mod mount;
+mod remote;
 mod snapshot;
 mod store_cmds;
-pub mod units;
 
-use std::path::PathBuf;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
 use snapfs::store::{OpenOptions, Store};
@@ -22,7 +28,9 @@ use snapfs::store::{OpenOptions, Store};
     about = "Deduplicated disk snapshots for VM hosts, served as a filesystem",
     long_about = "snapfs keeps snapshots of disk images and block devices in one store, \
                   cut into fixed-size chunks addressed by their blake3 hash, so that equal \
-                  data is stored once across all disks and snapshots.\n\n\
+                  data is stored once across all disks and snapshots. `snapfs mount` shows \
+                  every disk as a folder and every snapshot as a read-only raw image file.\n\n\
+                  While the store is mounted, every command works through the mount.\n\n\
                   Exit status: 0 on success, 1 on failure, 2 on a usage error."
 )]
 pub struct Cli {
@@ -52,6 +60,16 @@ pub enum Command {
     Verify(store_cmds::VerifyArgs),
     /// Show logical and stored bytes, dedup and compression ratios
     Stats(store_cmds::StatsArgs),
+    /// Mount the store: a folder per disk, a read-only image file per snapshot
+    Mount(mount::MountArgs),
+    /// Unmount a snapfs mount and wait until its process has ended
+    Umount(mount::UmountArgs),
+}
+
+/// Where a command writes its results, and whether a person watches.
+pub struct Output<'a> {
+    pub out: &'a mut dyn Write,
+    pub interactive: bool,
 }
 
 /// The store directory: --store, $SNAPFS_STORE, or the default.
@@ -65,32 +83,70 @@ pub fn store_dir(cli_store: Option<PathBuf>) -> Result<PathBuf> {
     if let Some(data) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
         return Ok(PathBuf::from(data).join("snapfs"));
     }
-    let home = std::env::var_os("HOME").context("neither --store, SNAPFS_STORE, XDG_DATA_HOME nor HOME is set")?;
+    let home = std::env::var_os("HOME")
+        .context("neither --store, SNAPFS_STORE, XDG_DATA_HOME nor HOME is set")?;
     Ok(PathBuf::from(home).join(".local/share/snapfs"))
 }
 
 /// Opens the store, creating it with default settings when missing.
-pub fn open_store(dir: &std::path::Path) -> Result<Arc<Store>> {
-    let store = Store::open(dir, &OpenOptions::default())
+pub fn open_store(dir: &Path, cache_bytes: Option<u64>) -> Result<Arc<Store>> {
+    let mut options = OpenOptions::default();
+    if let Some(bytes) = cache_bytes {
+        options.cache_bytes = bytes;
+    }
+    let store = Store::open(dir, &options)
         .with_context(|| format!("cannot open store {}", dir.display()))?;
     Ok(Arc::new(store))
 }
 
 pub fn run(cli: Cli) -> Result<()> {
     let dir = store_dir(cli.store)?;
-    match cli.command {
-        Command::Init(args) => store_cmds::init(&dir, args),
-        Command::Disk(command) => disk::run(&dir, command),
-        Command::Snapshot(command) => snapshot::run(&dir, command),
-        Command::Export(args) => store_cmds::export(&dir, args),
-        Command::Gc(args) => store_cmds::gc(&dir, args),
-        Command::Verify(args) => store_cmds::verify(&dir, args),
-        Command::Stats(args) => store_cmds::stats(&dir, args),
+    let mounted = remote::mountpoint_of(&dir);
+    match (cli.command, mounted) {
+        (Command::Mount(args), _) => mount::mount(&dir, args),
+        (Command::Umount(args), _) => mount::umount(&dir, args),
+        (Command::Init(_), Some(mnt)) => {
+            bail!(
+                "a store exists at {} (mounted at {})",
+                dir.display(),
+                mnt.display()
+            )
+        }
+        (Command::Init(args), None) => store_cmds::init(&dir, args),
+        (command, Some(mnt)) => remote::run(&mnt, command),
+        (Command::Export(args), None) => store_cmds::export(&*open_store(&dir, None)?, args),
+        (command, None) => {
+            let store = open_store(&dir, None)?;
+            let stdout = std::io::stdout();
+            let mut lock = stdout.lock();
+            let mut out = Output {
+                out: &mut lock,
+                interactive: true,
+            };
+            execute(&store, command, &mut out)
+        }
     }
 }
 
-/// Prints a value as pretty JSON on stdout.
-pub fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
+/// Runs a command against an open store; the mount runs `.control`
+/// requests through here too.
+pub fn execute(store: &Store, command: Command, out: &mut Output) -> Result<()> {
+    match command {
+        Command::Disk(command) => disk::run(store, command, out),
+        Command::Snapshot(command) => snapshot::run(store, command, out),
+        Command::Gc(args) => store_cmds::gc(store, args, out),
+        Command::Verify(args) => store_cmds::verify(store, args, out),
+        Command::Stats(args) => store_cmds::stats(store, args, out),
+        Command::Export(args) => store_cmds::export(store, args),
+        Command::Init(_) => bail!("a store exists at {}", store.root().display()),
+        Command::Mount(_) | Command::Umount(_) => {
+            bail!("the store is already mounted; run mount and umount outside of it")
+        }
+    }
+}
+
+/// Prints a value as pretty JSON.
+pub fn print_json<T: serde::Serialize>(out: &mut Output, value: &T) -> Result<()> {
+    writeln!(out.out, "{}", serde_json::to_string_pretty(value)?)?;
     Ok(())
 }

@@ -1,15 +1,15 @@
 //! `snapfs snapshot ...`
 
 use std::io::IsTerminal;
-use std::path::Path;
 
 use anyhow::Result;
 use clap::Subcommand;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::units::{format_bytes, format_time_ms, rfc3339_ms};
-use super::{open_store, print_json};
+use super::{print_json, Output};
 use snapfs::snapshot::{create_snapshot, CreateOptions, Progress, SnapshotRecord};
+use snapfs::store::Store;
+use snapfs::units::{format_bytes, format_time_ms, rfc3339_ms};
 
 #[derive(Subcommand, Debug)]
 pub enum SnapshotCommand {
@@ -26,7 +26,11 @@ pub enum SnapshotCommand {
     /// Delete a snapshot (gc reclaims its space)
     Rm { disk: String, name: String },
     /// Rename a snapshot
-    Rename { disk: String, old: String, new: String },
+    Rename {
+        disk: String,
+        old: String,
+        new: String,
+    },
 }
 
 #[derive(serde::Serialize)]
@@ -60,11 +64,10 @@ impl From<&SnapshotRecord> for SnapshotRow {
     }
 }
 
-pub fn run(dir: &Path, command: SnapshotCommand) -> Result<()> {
-    let store = open_store(dir)?;
+pub fn run(store: &Store, command: SnapshotCommand, out: &mut Output) -> Result<()> {
     match command {
         SnapshotCommand::Create { disk, name } => {
-            let bar = progress_bar();
+            let bar = progress_bar(out.interactive);
             let report = |p: &Progress| {
                 if let Some(bar) = &bar {
                     bar.set_length(p.total_bytes);
@@ -76,13 +79,14 @@ pub fn run(dir: &Path, command: SnapshotCommand) -> Result<()> {
                 ..CreateOptions::default()
             };
             let started = std::time::Instant::now();
-            let result = create_snapshot(&store, &disk, &name, &options);
+            let result = create_snapshot(store, &disk, &name, &options);
             if let Some(bar) = &bar {
                 bar.finish_and_clear();
             }
             let record = result?;
             let secs = started.elapsed().as_secs_f64();
-            println!(
+            writeln!(
+                out.out,
                 "snapshot {} of disk {}: {} in {:.1} s ({}/s), {} added to the store",
                 record.name,
                 record.disk,
@@ -90,20 +94,22 @@ pub fn run(dir: &Path, command: SnapshotCommand) -> Result<()> {
                 secs,
                 format_bytes((record.size as f64 / secs.max(1e-3)) as u64),
                 format_bytes(record.added_bytes)
-            );
+            )?;
         }
         SnapshotCommand::List { disk, json } => {
             let snapshots = store.snapshots(disk.as_deref())?;
             let rows: Vec<SnapshotRow> = snapshots.iter().map(SnapshotRow::from).collect();
             if json {
-                return print_json(&rows);
+                return print_json(out, &rows);
             }
-            println!(
+            writeln!(
+                out.out,
                 "{:<24} {:<24} {:<19} {:>10} {:<12} {:>10}",
                 "DISK", "NAME", "CREATED", "SIZE", "STATE", "ADDED"
-            );
+            )?;
             for s in &snapshots {
-                println!(
+                writeln!(
+                    out.out,
                     "{:<24} {:<24} {:<19} {:>10} {:<12} {:>10}",
                     s.disk,
                     s.name,
@@ -111,24 +117,27 @@ pub fn run(dir: &Path, command: SnapshotCommand) -> Result<()> {
                     format_bytes(s.size),
                     "accomplished",
                     format_bytes(s.added_bytes)
-                );
+                )?;
             }
         }
         SnapshotCommand::Rm { disk, name } => {
             store.remove_snapshot(&disk, &name)?;
-            println!("removed snapshot {name} of disk {disk}; run snapfs gc to reclaim its space");
+            writeln!(
+                out.out,
+                "removed snapshot {name} of disk {disk}; run snapfs gc to reclaim its space"
+            )?;
         }
         SnapshotCommand::Rename { disk, old, new } => {
             store.rename_snapshot(&disk, &old, &new)?;
-            println!("renamed snapshot {old} of disk {disk} to {new}");
+            writeln!(out.out, "renamed snapshot {old} of disk {disk} to {new}")?;
         }
     }
     Ok(())
 }
 
-/// A byte progress bar on stderr, only when stderr is a terminal.
-pub fn progress_bar() -> Option<ProgressBar> {
-    if !std::io::stderr().is_terminal() {
+/// A byte progress bar on stderr, only for a person at a terminal.
+pub fn progress_bar(interactive: bool) -> Option<ProgressBar> {
+    if !interactive || !std::io::stderr().is_terminal() {
         return None;
     }
     let bar = ProgressBar::new(0);

@@ -1,7 +1,6 @@
 //! Store-wide commands: init, export, gc, verify, stats.
 
 use std::fs::{File, OpenOptions};
-use std::io::Write;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 
@@ -9,10 +8,10 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 
 use super::snapshot::progress_bar;
-use super::units::{format_bytes, parse_size};
-use super::{open_store, print_json};
+use super::{print_json, Output};
 use snapfs::image::{export as export_image, ExportTarget};
 use snapfs::store::{gc as gc_store, Compression, Store, StoreConfig};
+use snapfs::units::{format_bytes, parse_size};
 
 #[derive(Args, Debug)]
 pub struct InitArgs {
@@ -26,11 +25,11 @@ pub struct InitArgs {
 
 #[derive(Args, Debug)]
 pub struct ExportArgs {
-    disk: String,
-    snapshot: String,
+    pub disk: String,
+    pub snapshot: String,
     /// Output file (written sparse), or - for standard output
     #[arg(short, long, value_name = "FILE")]
-    output: PathBuf,
+    pub output: PathBuf,
 }
 
 #[derive(Args, Debug)]
@@ -79,10 +78,9 @@ pub fn init(dir: &Path, args: InitArgs) -> Result<()> {
     Ok(())
 }
 
-pub fn export(dir: &Path, args: ExportArgs) -> Result<()> {
-    let store = open_store(dir)?;
+pub fn export(store: &Store, args: ExportArgs) -> Result<()> {
     let record = store.snapshot(&args.disk, &args.snapshot)?;
-    let bar = progress_bar();
+    let bar = progress_bar(true);
     if let Some(bar) = &bar {
         bar.set_length(record.size);
     }
@@ -94,7 +92,12 @@ pub fn export(dir: &Path, args: ExportArgs) -> Result<()> {
     let result = if args.output.as_os_str() == "-" {
         let stdout = std::io::stdout();
         let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
-        export_image(&store, &record, ExportTarget::Stream(&mut out), &mut progress)
+        export_image(
+            store,
+            &record,
+            ExportTarget::Stream(&mut out),
+            &mut progress,
+        )
     } else {
         let is_regular = std::fs::metadata(&args.output)
             .map(|m| m.file_type().is_file())
@@ -109,7 +112,7 @@ pub fn export(dir: &Path, args: ExportArgs) -> Result<()> {
             .open(&args.output)
             .with_context(|| format!("cannot open {}", args.output.display()))?;
         if is_regular {
-            export_image(&store, &record, ExportTarget::File(&file), &mut progress)
+            export_image(store, &record, ExportTarget::File(&file), &mut progress)
         } else {
             if is_device {
                 bail!(
@@ -118,7 +121,12 @@ pub fn export(dir: &Path, args: ExportArgs) -> Result<()> {
                 );
             }
             let mut out: &File = &file;
-            export_image(&store, &record, ExportTarget::Stream(&mut out), &mut progress)
+            export_image(
+                store,
+                &record,
+                ExportTarget::Stream(&mut out),
+                &mut progress,
+            )
         }
     };
     if let Some(bar) = &bar {
@@ -137,35 +145,33 @@ pub fn export(dir: &Path, args: ExportArgs) -> Result<()> {
     Ok(())
 }
 
-pub fn gc(dir: &Path, args: GcArgs) -> Result<()> {
-    let store = open_store(dir)?;
-    let report = gc_store::gc(&store, args.min_dead)?;
+pub fn gc(store: &Store, args: GcArgs, out: &mut Output) -> Result<()> {
+    let report = gc_store::gc(store, args.min_dead)?;
     if args.json {
-        return print_json(&report);
+        return print_json(out, &report);
     }
-    println!(
+    writeln!(out.out,
         "gc: {} live chunks kept, {} chunks removed, {} packs removed, {} packs rewritten, {} freed",
         report.live_chunks,
         report.removed_chunks,
         report.packs_removed,
         report.packs_rewritten,
         format_bytes(report.bytes_freed)
-    );
+    )?;
     Ok(())
 }
 
-pub fn verify(dir: &Path, args: VerifyArgs) -> Result<()> {
-    let store = open_store(dir)?;
+pub fn verify(store: &Store, args: VerifyArgs, out: &mut Output) -> Result<()> {
     let snapshots = match (&args.disk, &args.snapshot) {
         (Some(disk), Some(name)) => vec![store.snapshot(disk, name)?],
         (Some(disk), None) => store.snapshots(Some(disk))?,
         _ => store.snapshots(None)?,
     };
-    let bar = progress_bar();
+    let bar = progress_bar(out.interactive);
     if let Some(bar) = &bar {
         bar.set_length(snapshots.len() as u64);
     }
-    let report = snapfs::verify::verify(&store, &snapshots, &mut |done| {
+    let report = snapfs::verify::verify(store, &snapshots, &mut |done| {
         if let Some(bar) = &bar {
             bar.set_position(done as u64);
         }
@@ -174,15 +180,17 @@ pub fn verify(dir: &Path, args: VerifyArgs) -> Result<()> {
         bar.finish_and_clear();
     }
     if args.json {
-        print_json(&report)?;
+        print_json(out, &report)?;
     } else {
         for damage in &report.damage {
-            println!(
+            writeln!(
+                out.out,
                 "DAMAGED {} {} offset {}: {}",
                 damage.disk, damage.snapshot, damage.offset, damage.what
-            );
+            )?;
         }
-        println!(
+        writeln!(
+            out.out,
             "verified {} snapshot(s), {} chunks, {}: {}",
             report.snapshots,
             report.chunks_checked,
@@ -192,31 +200,50 @@ pub fn verify(dir: &Path, args: VerifyArgs) -> Result<()> {
             } else {
                 format!("{} damaged chunk reference(s)", report.damage.len())
             }
-        );
+        )?;
     }
-    std::io::stdout().flush()?;
+    out.out.flush()?;
     if !report.damage.is_empty() {
         bail!("verify found damage in the store");
     }
     Ok(())
 }
 
-pub fn stats(dir: &Path, args: StatsArgs) -> Result<()> {
-    let store = open_store(dir)?;
-    let stats = snapfs::stats::stats(&store)?;
+pub fn stats(store: &Store, args: StatsArgs, out: &mut Output) -> Result<()> {
+    let stats = snapfs::stats::stats(store)?;
     if args.json {
-        return print_json(&stats);
+        return print_json(out, &stats);
     }
-    println!("disks:             {}", stats.disks);
-    println!("snapshots:         {}", stats.snapshots);
-    println!("logical bytes:     {}", format_bytes(stats.logical_bytes));
-    println!("non-zero bytes:    {}", format_bytes(stats.nonzero_bytes));
-    println!("unique bytes:      {}", format_bytes(stats.unique_bytes));
-    println!("stored in packs:   {}", format_bytes(stats.stored_bytes));
-    println!("index database:    {}", format_bytes(stats.db_bytes));
-    println!("chunks:            {}", stats.chunks);
-    println!("packs:             {}", stats.packs);
-    println!("dedup ratio:       {:.2}", stats.dedup_ratio);
-    println!("compression ratio: {:.2}", stats.compression_ratio);
+    writeln!(out.out, "disks:             {}", stats.disks)?;
+    writeln!(out.out, "snapshots:         {}", stats.snapshots)?;
+    writeln!(
+        out.out,
+        "logical bytes:     {}",
+        format_bytes(stats.logical_bytes)
+    )?;
+    writeln!(
+        out.out,
+        "non-zero bytes:    {}",
+        format_bytes(stats.nonzero_bytes)
+    )?;
+    writeln!(
+        out.out,
+        "unique bytes:      {}",
+        format_bytes(stats.unique_bytes)
+    )?;
+    writeln!(
+        out.out,
+        "stored in packs:   {}",
+        format_bytes(stats.stored_bytes)
+    )?;
+    writeln!(
+        out.out,
+        "index database:    {}",
+        format_bytes(stats.db_bytes)
+    )?;
+    writeln!(out.out, "chunks:            {}", stats.chunks)?;
+    writeln!(out.out, "packs:             {}", stats.packs)?;
+    writeln!(out.out, "dedup ratio:       {:.2}", stats.dedup_ratio)?;
+    writeln!(out.out, "compression ratio: {:.2}", stats.compression_ratio)?;
     Ok(())
 }

@@ -47,7 +47,8 @@ pub fn export(
                 Ok(())
             })?;
             file.set_len(size).map_err(write_err)?;
-            file.sync_all().context(|| "syncing the exported image".into())?;
+            file.sync_all()
+                .context(|| "syncing the exported image".into())?;
         }
         ExportTarget::Stream(out) => {
             map.walk(&mut |_| true, &mut |chunk, hash| {

@@ -81,8 +81,16 @@ enum Work {
 }
 
 enum Done {
-    Zeros { first: u64, count: u64, bytes: u64 },
-    Known { chunk: u64, hash: ChunkHash, len: u64 },
+    Zeros {
+        first: u64,
+        count: u64,
+        bytes: u64,
+    },
+    Known {
+        chunk: u64,
+        hash: ChunkHash,
+        len: u64,
+    },
     New {
         chunk: u64,
         hash: ChunkHash,
@@ -134,7 +142,9 @@ pub fn create_snapshot(
         {
             let done_tx = done_tx.clone();
             let (source, stop) = (&source, &stop);
-            scope.spawn(move || read_source(source, chunk_size, work_tx, done_tx, stop, options.cancel));
+            scope.spawn(move || {
+                read_source(source, chunk_size, work_tx, done_tx, stop, options.cancel)
+            });
         }
         for _ in 0..threads {
             let (work_rx, done_tx) = (work_rx.clone(), done_tx.clone());

@@ -269,7 +269,13 @@ impl MapBuilder {
         self.page_done(ingest, level, page_no, page_hash)
     }
 
-    fn page_done(&mut self, ingest: &mut Ingest, level: u8, page_no: u64, hash: ChunkHash) -> Result<()> {
+    fn page_done(
+        &mut self,
+        ingest: &mut Ingest,
+        level: u8,
+        page_no: u64,
+        hash: ChunkHash,
+    ) -> Result<()> {
         if level + 1 == self.height {
             self.root = Some(hash);
             Ok(())

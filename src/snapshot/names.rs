@@ -21,7 +21,11 @@ fn check_component(what: &'static str, whole: &str, part: &str, max: usize) -> R
         return Err(invalid(what, whole, "empty name or component"));
     }
     if part.len() > max {
-        return Err(invalid(what, whole, format!("longer than {max} characters")));
+        return Err(invalid(
+            what,
+            whole,
+            format!("longer than {max} characters"),
+        ));
     }
     if part.starts_with('.') || part.starts_with('-') {
         return Err(invalid(what, whole, "must not start with '.' or '-'"));
@@ -77,11 +81,27 @@ mod tests {
 
     #[test]
     fn snapshot_names() {
-        for good in ["nightly", "a", "2026-11-28T10:00", "v1.2_x", &"x".repeat(128)] {
+        for good in [
+            "nightly",
+            "a",
+            "2026-11-28T10:00",
+            "v1.2_x",
+            &"x".repeat(128),
+        ] {
             check_snapshot_name(good).unwrap();
         }
         for bad in [
-            "", ".hidden", "-x", "a/b", "..", ".", "with space", "nul\0", "é", "auto-1", "auto",
+            "",
+            ".hidden",
+            "-x",
+            "a/b",
+            "..",
+            ".",
+            "with space",
+            "nul\0",
+            "é",
+            "auto-1",
+            "auto",
             &"x".repeat(129),
         ] {
             assert!(check_snapshot_name(bad).is_err(), "{bad:?} accepted");

@@ -37,10 +37,7 @@ impl Source {
         let meta = std::fs::metadata(path).map_err(|e| source_error(path, e.to_string()))?;
         let kind = meta.file_type();
         if !(kind.is_file() || kind.is_block_device()) {
-            return Err(source_error(
-                path,
-                "not a regular file or block device",
-            ));
+            return Err(source_error(path, "not a regular file or block device"));
         }
         let file = File::open(path).map_err(|e| source_error(path, format!("cannot open: {e}")))?;
         let size = unsafe { libc::lseek(file.as_raw_fd(), 0, libc::SEEK_END) };
@@ -99,7 +96,11 @@ impl Source {
         }
         let start = (start as u64).min(self.size);
         let end = unsafe { libc::lseek(fd, start as libc::off_t, libc::SEEK_HOLE) };
-        let end = if end < 0 { self.size } else { (end as u64).min(self.size) };
+        let end = if end < 0 {
+            self.size
+        } else {
+            (end as u64).min(self.size)
+        };
         if start >= end {
             return Ok(None);
         }

@@ -25,8 +25,7 @@ pub struct CommitTrees<'t> {
 }
 
 /// The catalog part of a commit, run inside the sled transaction.
-pub type CatalogChange<'a> =
-    dyn Fn(&CommitTrees) -> ConflictableTransactionResult<(), Error> + 'a;
+pub type CatalogChange<'a> = dyn Fn(&CommitTrees) -> ConflictableTransactionResult<(), Error> + 'a;
 
 pub struct Ingest<'s> {
     store: &'s Store,

@@ -156,6 +156,8 @@ pub struct Store {
     pins: Mutex<HashMap<MapRoot, usize>>,
     /// Disks with a snapshot being taken right now.
     running: Mutex<HashSet<String>>,
+    /// Bumped by every catalog change, so readers can cache listings.
+    generation: std::sync::atomic::AtomicU64,
     lock: Mutex<StoreLock>,
 }
 
@@ -210,8 +212,7 @@ impl Store {
             check_format_file(root)?;
         }
         let packs_dir = root.join("packs");
-        fs::create_dir_all(&packs_dir)
-            .context(|| format!("creating {}", packs_dir.display()))?;
+        fs::create_dir_all(&packs_dir).context(|| format!("creating {}", packs_dir.display()))?;
         let db = sled::Config::new()
             .path(root.join("db"))
             .cache_capacity(32 << 20)
@@ -223,7 +224,8 @@ impl Store {
             None if fresh => {
                 let config = options.create.unwrap_or_default();
                 config.validate()?;
-                let json = serde_json::to_vec(&config).map_err(|e| Error::Invalid(e.to_string()))?;
+                let json =
+                    serde_json::to_vec(&config).map_err(|e| Error::Invalid(e.to_string()))?;
                 meta.insert("config", json)?;
                 meta.insert("format", &FORMAT_VERSION.to_le_bytes())?;
                 db.flush()?;
@@ -251,6 +253,7 @@ impl Store {
             gc_lock: RwLock::new(()),
             pins: Mutex::new(HashMap::new()),
             running: Mutex::new(HashSet::new()),
+            generation: std::sync::atomic::AtomicU64::new(0),
             lock: Mutex::new(lock),
         };
         store.check_db_format()?;
@@ -286,9 +289,18 @@ impl Store {
             .write_holder(mountpoint)
     }
 
+    /// Flushes sled; every catalog change ends here, so it also marks a
+    /// new catalog generation.
     pub fn flush(&self) -> Result<()> {
         self.db.flush()?;
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         Ok(())
+    }
+
+    /// Changes whenever the catalog may have changed.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     fn check_db_format(&self) -> Result<()> {
@@ -455,7 +467,12 @@ impl Store {
 
     /// Keeps the map under `root` alive through gc until `unpin`.
     pub fn pin(&self, root: MapRoot) {
-        *self.pins.lock().unwrap_or_else(|e| e.into_inner()).entry(root).or_insert(0) += 1;
+        *self
+            .pins
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(root)
+            .or_insert(0) += 1;
     }
 
     pub fn unpin(&self, root: MapRoot) {

@@ -208,7 +208,9 @@ pub fn read_record(file: &File, hash: &ChunkHash, location: &Location) -> Result
     let mut record = vec![0u8; location.record_len() as usize];
     file.read_exact_at(&mut record, location.offset)
         .map_err(|e| match e.kind() {
-            std::io::ErrorKind::UnexpectedEof => corrupt("pack is shorter than the index says".into()),
+            std::io::ErrorKind::UnexpectedEof => {
+                corrupt("pack is shorter than the index says".into())
+            }
             _ => Error::Io {
                 context: format!("reading pack {:016x}", location.pack),
                 source: e,
@@ -242,7 +244,9 @@ pub fn check_pack_header(file: &File, id: u64) -> Result<()> {
     file.read_exact_at(&mut header, 0)
         .context(|| format!("reading header of pack {id:016x}"))?;
     if &header[..8] != PACK_MAGIC {
-        return Err(Error::BadMetadata(format!("pack {id:016x} has no pack header")));
+        return Err(Error::BadMetadata(format!(
+            "pack {id:016x} has no pack header"
+        )));
     }
     let version = u32::from_le_bytes(header[8..12].try_into().unwrap_or([0; 4]));
     if version != PACK_VERSION {
@@ -291,7 +295,9 @@ mod tests {
         let hash = ChunkHash::of(&data);
         let (codec, stored) = encode_chunk(&data, Some(3));
         assert_eq!(codec, Codec::Zstd);
-        let loc = writer.append(&hash, data.len() as u32, codec, &stored).unwrap();
+        let loc = writer
+            .append(&hash, data.len() as u32, codec, &stored)
+            .unwrap();
         writer.sync().unwrap();
         let path = pack_path(dir.path(), 1);
         let file = File::open(&path).unwrap();

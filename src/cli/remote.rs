@@ -1,0 +1,236 @@
+//! Running commands through a mount that holds the store: a second open of
+//! the database is never attempted while a mount runs.
+//!
+//! - `snapshot create` writes the name into `DISK/.create` and follows
+//!   `DISK/.status`, exactly as a script would;
+//! - `export` reads the snapshot's image file (sparse: SEEK_DATA/SEEK_HOLE);
+//! - everything else goes through `/.control`: the client writes its
+//!   arguments as a JSON array, the mount runs them through the same code as
+//!   a local command, and the client reads back a `ControlResponse`.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{FileExt, FileTypeExt};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use super::snapshot::{progress_bar, SnapshotCommand};
+use super::store_cmds::ExportArgs;
+use super::Command;
+use snapfs::snapshot::names::{check_any_snapshot_name, check_disk_name, check_snapshot_name};
+use snapfs::store::lock;
+use snapfs::units::format_bytes;
+
+#[derive(Serialize, Deserialize, Debug, Default)]
+pub struct ControlResponse {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// The mountpoint of the mount that holds the store at `dir`, if any.
+pub fn mountpoint_of(dir: &Path) -> Option<PathBuf> {
+    if !lock::is_locked(dir) {
+        return None;
+    }
+    lock::read_holder(dir)?.mountpoint
+}
+
+pub fn run(mnt: &Path, command: Command) -> Result<()> {
+    match command {
+        Command::Snapshot(SnapshotCommand::Create { disk, name }) => create(mnt, &disk, &name),
+        Command::Export(args) => export(mnt, args),
+        _ => control(mnt),
+    }
+}
+
+fn control(mnt: &Path) -> Result<()> {
+    let args = std::env::args_os()
+        .skip(1)
+        .map(|a| a.into_string())
+        .collect::<Result<Vec<String>, _>>()
+        .map_err(|a| anyhow::anyhow!("argument {a:?} is not UTF-8"))?;
+    let path = mnt.join(".control");
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot reach the mount at {}", mnt.display()))?;
+    file.write_all(&serde_json::to_vec(&args)?)
+        .with_context(|| format!("writing {}", path.display()))?;
+    // The response is read from offset 0 of the same handle.
+    let mut response = Vec::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = file
+            .read_at(&mut buf, response.len() as u64)
+            .with_context(|| format!("reading {}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        response.extend_from_slice(&buf[..n]);
+    }
+    let response: ControlResponse =
+        serde_json::from_slice(&response).context("the mount sent a malformed response")?;
+    print!("{}", response.stdout);
+    eprint!("{}", response.stderr);
+    std::io::stdout().flush()?;
+    if response.code != 0 {
+        std::process::exit(response.code);
+    }
+    Ok(())
+}
+
+/// The folder of `disk` in the mount, after checking the name so that it
+/// cannot leave the mount.
+fn disk_folder(mnt: &Path, disk: &str) -> Result<PathBuf> {
+    check_disk_name(disk)?;
+    let folder = mnt.join(disk);
+    if !folder.is_dir() {
+        bail!("no disk named {disk}");
+    }
+    Ok(folder)
+}
+
+fn create(mnt: &Path, disk: &str, name: &str) -> Result<()> {
+    check_snapshot_name(name)?;
+    let folder = disk_folder(mnt, disk)?;
+    let status_path = folder.join(".status");
+    let done = AtomicBool::new(false);
+    let started = std::time::Instant::now();
+    let result = std::thread::scope(|scope| {
+        if let Some(bar) = progress_bar(true) {
+            bar.set_length(100);
+            let (done, status_path) = (&done, &status_path);
+            scope.spawn(move || {
+                let prefix = format!("running: {name} ");
+                while !done.load(Ordering::Relaxed) {
+                    if let Ok(text) = std::fs::read_to_string(status_path) {
+                        let percent = text
+                            .lines()
+                            .find_map(|l| l.strip_prefix(&prefix))
+                            .and_then(|rest| rest.split('%').next())
+                            .and_then(|p| p.trim().parse::<f64>().ok());
+                        if let Some(percent) = percent {
+                            bar.set_position(percent as u64);
+                        }
+                    }
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                bar.finish_and_clear();
+            });
+        }
+        let result = OpenOptions::new()
+            .write(true)
+            .open(folder.join(".create"))
+            .and_then(|mut file| file.write_all(format!("{name}\n").as_bytes()));
+        done.store(true, Ordering::Relaxed);
+        result
+    });
+    let status = std::fs::read_to_string(&status_path).unwrap_or_default();
+    let about_name = |line: &&str| {
+        line.contains(&format!(" {name}: ")) || line.contains(&format!(" {name:?}: "))
+    };
+    let last_line = status.lines().rev().find(about_name).map(str::to_string);
+    match result {
+        Ok(()) => {
+            let secs = started.elapsed().as_secs_f64();
+            match last_line {
+                Some(line) => println!("{line}"),
+                None => println!("snapshot {name} of disk {disk} accomplished in {secs:.1} s"),
+            }
+            Ok(())
+        }
+        Err(e) => {
+            let why = last_line
+                .and_then(|l| l.split_once(": ").map(|(_, why)| why.to_string()))
+                .unwrap_or_else(|| e.to_string());
+            bail!("snapshot {name} of disk {disk} failed: {why}")
+        }
+    }
+}
+
+fn export(mnt: &Path, args: ExportArgs) -> Result<()> {
+    check_any_snapshot_name(&args.snapshot)?;
+    let path = disk_folder(mnt, &args.disk)?.join(&args.snapshot);
+    let image = File::open(&path)
+        .map_err(|_| anyhow::anyhow!("no snapshot {} of disk {}", args.snapshot, args.disk))?;
+    let size = image.metadata()?.len();
+    if args.output.as_os_str() == "-" {
+        let stdout = std::io::stdout();
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
+        std::io::copy(&mut (&image), &mut out).context("export failed")?;
+        out.flush()?;
+        return Ok(());
+    }
+    let is_regular = std::fs::metadata(&args.output)
+        .map(|m| m.file_type().is_file())
+        .unwrap_or(true);
+    if std::fs::metadata(&args.output).is_ok_and(|m| m.file_type().is_block_device()) {
+        bail!(
+            "{} is a block device; export writes files or streams",
+            args.output.display()
+        );
+    }
+    let out = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(is_regular)
+        .open(&args.output)
+        .with_context(|| format!("cannot open {}", args.output.display()))?;
+    if is_regular {
+        copy_sparse(&image, &out, size).context("export failed")?;
+        out.set_len(size)?;
+        out.sync_all()?;
+    } else {
+        std::io::copy(&mut (&image), &mut (&out)).context("export failed")?;
+    }
+    eprintln!(
+        "exported {} of disk {} ({}) to {}",
+        args.snapshot,
+        args.disk,
+        format_bytes(size),
+        args.output.display()
+    );
+    Ok(())
+}
+
+/// Copies only the data regions that SEEK_DATA/SEEK_HOLE report.
+fn copy_sparse(from: &File, to: &File, size: u64) -> std::io::Result<()> {
+    let fd = from.as_raw_fd();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut pos = 0u64;
+    while pos < size {
+        let data = unsafe { libc::lseek(fd, pos as libc::off_t, libc::SEEK_DATA) };
+        if data < 0 {
+            let err = std::io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::ENXIO) {
+                break;
+            }
+            return Err(err);
+        }
+        let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
+        let end = if hole < 0 {
+            size
+        } else {
+            (hole as u64).min(size)
+        };
+        let mut at = data as u64;
+        while at < end {
+            let want = ((end - at) as usize).min(buf.len());
+            let n = from.read_at(&mut buf[..want], at)?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            to.write_all_at(&buf[..n], at)?;
+            at += n as u64;
+        }
+        pos = end;
+    }
+    Ok(())
+}
