@@ -152,6 +152,9 @@ impl Filesystem for FuseAdapter {
                 if opened.keep_cache {
                     fopen |= FopenFlags::FOPEN_KEEP_CACHE;
                 }
+                if opened.parallel_writes {
+                    fopen |= FopenFlags::FOPEN_PARALLEL_DIRECT_WRITES;
+                }
                 reply.opened(FileHandle(opened.fh), fopen)
             }
             Err(e) => reply.error(errno("open", e)),
@@ -170,7 +173,7 @@ impl Filesystem for FuseAdapter {
         reply: ReplyData,
     ) {
         match self.fs.read(fh.0, offset, size) {
-            Ok(data) => reply.data(&data),
+            Ok(data) => reply.data(data.as_slice()),
             Err(e) => reply.error(errno("read", e)),
         }
     }

@@ -5,11 +5,18 @@ mod cli;
 use clap::Parser;
 
 fn main() {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn,fuser=error")).init();
+    // Chunk buffers (64 KiB and up) come from mmap and go back to the
+    // system when freed: with many threads allocating and freeing chunks,
+    // heap arenas would otherwise keep several times the cache in memory.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 64 * 1024);
+    }
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn,fuser=error"))
+        .init();
     // Usage errors exit with status 2 (clap's default).
     let args = cli::Cli::parse();
     if let Err(err) = cli::run(args) {
-        eprintln!("snapfs: {err:#}");
+        eprintln!("snapfs: {}", cli::error_line(&err));
         std::process::exit(1);
     }
 }

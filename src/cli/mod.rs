@@ -150,3 +150,21 @@ pub fn print_json<T: serde::Serialize>(out: &mut Output, value: &T) -> Result<()
     writeln!(out.out, "{}", serde_json::to_string_pretty(value)?)?;
     Ok(())
 }
+
+/// An error and its causes on one line. Library errors that already print
+/// their cause (`{context}: {source}`) also report it as their source, so
+/// a cause that the line already ends with is not repeated.
+pub fn error_line(err: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if line.ends_with(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line.replace('\n', " ")
+}

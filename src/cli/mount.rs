@@ -105,6 +105,7 @@ pub fn mount(dir: &Path, args: MountArgs) -> Result<()> {
         .with_context(|| format!("cannot mount on {}", mountpoint.display()))?;
     let session = session.spawn().context("cannot start the filesystem")?;
     store.announce_mount(Some(&mountpoint))?;
+    raise_readahead(&mountpoint);
     log::info!(
         "serving {} on {}",
         store_root.display(),
@@ -133,6 +134,25 @@ pub fn mount(dir: &Path, args: MountArgs) -> Result<()> {
     store.announce_mount(None)?;
     log::info!("unmounted {}", mountpoint.display());
     Ok(())
+}
+
+/// The kernel offers FUSE only 128 KiB of read-ahead at init; a deeper
+/// window keeps more requests in flight for sequential readers. Best effort:
+/// it needs root, and the mount works without it.
+fn raise_readahead(mountpoint: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::metadata(mountpoint) else {
+        return;
+    };
+    let dev = meta.dev();
+    let path = format!(
+        "/sys/class/bdi/{}:{}/read_ahead_kb",
+        libc::major(dev),
+        libc::minor(dev)
+    );
+    if let Err(e) = std::fs::write(&path, "1024") {
+        log::debug!("cannot raise read-ahead through {path}: {e}");
+    }
 }
 
 fn fuse_config(args: &MountArgs) -> Result<Config> {

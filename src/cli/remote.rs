@@ -19,6 +19,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
+use super::disk::DiskCommand;
 use super::snapshot::{progress_bar, SnapshotCommand};
 use super::store_cmds::ExportArgs;
 use super::Command;
@@ -45,16 +46,28 @@ pub fn run(mnt: &Path, command: Command) -> Result<()> {
     match command {
         Command::Snapshot(SnapshotCommand::Create { disk, name }) => create(mnt, &disk, &name),
         Command::Export(args) => export(mnt, args),
-        _ => control(mnt),
+        // The mount resolves paths against its own working folder, not ours.
+        Command::Disk(DiskCommand::Add { name, source }) => {
+            let source = std::path::absolute(&source)
+                .with_context(|| format!("source {}", source.display()))?;
+            let source = source
+                .into_os_string()
+                .into_string()
+                .map_err(|s| anyhow::anyhow!("source {s:?} is not UTF-8"))?;
+            control(mnt, vec!["disk".into(), "add".into(), name, source])
+        }
+        _ => {
+            let args = std::env::args_os()
+                .skip(1)
+                .map(|a| a.into_string())
+                .collect::<Result<Vec<String>, _>>()
+                .map_err(|a| anyhow::anyhow!("argument {a:?} is not UTF-8"))?;
+            control(mnt, args)
+        }
     }
 }
 
-fn control(mnt: &Path) -> Result<()> {
-    let args = std::env::args_os()
-        .skip(1)
-        .map(|a| a.into_string())
-        .collect::<Result<Vec<String>, _>>()
-        .map_err(|a| anyhow::anyhow!("argument {a:?} is not UTF-8"))?;
+fn control(mnt: &Path, args: Vec<String>) -> Result<()> {
     let path = mnt.join(".control");
     let mut file = OpenOptions::new()
         .read(true)

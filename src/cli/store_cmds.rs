@@ -21,6 +21,9 @@ pub struct InitArgs {
     /// Compression of stored chunks
     #[arg(long, value_name = "zstd|none", default_value = "zstd")]
     compression: Compression,
+    /// zstd level: 1 is fastest, higher levels trade speed for space
+    #[arg(long, value_name = "LEVEL", default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..=19))]
+    level: i32,
 }
 
 #[derive(Args, Debug)]
@@ -66,7 +69,7 @@ pub fn init(dir: &Path, args: InitArgs) -> Result<()> {
     let config = StoreConfig {
         chunk_size,
         compression: args.compression,
-        ..StoreConfig::default()
+        zstd_level: args.level,
     };
     Store::init(dir, config).with_context(|| format!("cannot create store {}", dir.display()))?;
     println!(
@@ -158,6 +161,14 @@ pub fn gc(store: &Store, args: GcArgs, out: &mut Output) -> Result<()> {
         report.packs_rewritten,
         format_bytes(report.bytes_freed)
     )?;
+    if report.dead_bytes_kept > 0 {
+        writeln!(
+            out.out,
+            "gc: {} of dead data left in packs less than {}% dead (--min-dead 0 reclaims it)",
+            format_bytes(report.dead_bytes_kept),
+            args.min_dead
+        )?;
+    }
     Ok(())
 }
 

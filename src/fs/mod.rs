@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::error::Error;
-use crate::image::ImageReader;
+use crate::image::{ImageReader, ReadData};
 use crate::snapshot::names::check_snapshot_name;
 use crate::snapshot::{create_snapshot, CreateOptions, DiskRecord, SnapshotRecord};
 use crate::store::Store;
@@ -80,7 +80,15 @@ pub struct Opened {
     pub direct_io: bool,
     /// The file never changes: keep its cached pages across opens.
     pub keep_cache: bool,
+    /// Writes need not hold the inode lock exclusively (`.create`: a
+    /// second writer must reach us, to be told EBUSY, while a snapshot runs).
+    pub parallel_writes: bool,
 }
+
+/// The size `.create` reports. The kernel holds a FUSE file's inode lock
+/// for a whole write unless the file allows parallel direct writes and the
+/// write stays below its size; a snapshot name fits well below this.
+pub const CREATE_FILE_SIZE: u64 = 4096;
 
 /// Runs one CLI request (the raw bytes written to `.control`) and returns
 /// the raw response; supplied by the binary.
@@ -301,7 +309,7 @@ impl SnapFs {
     fn attr_of(&self, ino: u64, node: &Node) -> FsResult<Attr> {
         Ok(match node {
             Node::Root | Node::Group(_) | Node::Disk(_) => self.dir_attr(ino),
-            Node::Create(_) => self.file_attr(ino, 0o200, 0),
+            Node::Create(_) => self.file_attr(ino, 0o200, CREATE_FILE_SIZE),
             Node::Control => self.file_attr(ino, 0o600, 0),
             Node::Status(disk) => {
                 let size = self.status.render(disk).len() as u64;
@@ -451,10 +459,12 @@ impl SnapFs {
                 return Err(FsError::new(libc::EISDIR));
             }
         };
+        let parallel_writes = matches!(handle, Handle::Create { .. });
         Ok(Opened {
             fh: self.add_handle(handle),
             direct_io,
             keep_cache,
+            parallel_writes,
         })
     }
 
@@ -465,13 +475,11 @@ impl SnapFs {
             .remove(&fh);
     }
 
-    pub fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+    pub fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<ReadData> {
         let handle = self.handle(fh)?;
         match handle.as_ref() {
             Handle::Image { reader, state } => {
-                let mut buf =
-                    vec![0u8; (size as u64).min(reader.size().saturating_sub(offset)) as usize];
-                let n = reader.read_at(offset, &mut buf).map_err(|e| {
+                let data = reader.read_bytes(offset, size as usize).map_err(|e| {
                     let record = reader.record();
                     log::error!(
                         "read of snapshot {} of disk {} at offset {offset} failed: {e}",
@@ -480,22 +488,18 @@ impl SnapFs {
                     );
                     FsError::new(libc::EIO)
                 })?;
-                buf.truncate(n);
-                self.prefetcher.on_read(reader, state, offset, n as u64);
-                Ok(buf)
+                self.prefetcher
+                    .on_read(reader, state, offset, data.len() as u64);
+                Ok(data)
             }
-            Handle::Text(text) => Ok(slice_at(text, offset, size)),
+            Handle::Text(text) => Ok(slice_at(text, offset, size).into()),
             Handle::Control { request, response } => {
                 let mut response = response.lock().unwrap_or_else(|e| e.into_inner());
                 if response.is_none() {
                     let request = request.lock().unwrap_or_else(|e| e.into_inner());
                     *response = Some((self.control)(&request));
                 }
-                Ok(slice_at(
-                    response.as_deref().unwrap_or_default(),
-                    offset,
-                    size,
-                ))
+                Ok(slice_at(response.as_deref().unwrap_or_default(), offset, size).into())
             }
             Handle::Create { .. } => Err(FsError::new(libc::EBADF)),
         }
@@ -535,7 +539,9 @@ impl SnapFs {
             self.refuse(disk, name, &e.to_string());
             return Err(e.into());
         }
-        if self.store.is_running(disk) {
+        // Checked and marked at once, so that of two writers racing here
+        // one is refused and the running one keeps its progress line.
+        if self.store.is_running(disk) || !self.status.try_start(disk, name) {
             self.refuse(
                 disk,
                 name,
@@ -543,7 +549,6 @@ impl SnapFs {
             );
             return Err(FsError::new(libc::EBUSY));
         }
-        self.status.start(disk, name);
         let report = |p: &crate::snapshot::Progress| self.status.progress(disk, p);
         let options = CreateOptions {
             threads: self.options.snapshot_threads,

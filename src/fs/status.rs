@@ -29,10 +29,16 @@ impl StatusBoard {
         f(disks.entry(disk.to_string()).or_default())
     }
 
-    pub fn start(&self, disk: &str, name: &str) {
+    /// Marks `name` running on `disk`; false (and no change) if another
+    /// snapshot of the disk is running.
+    pub fn try_start(&self, disk: &str, name: &str) -> bool {
         self.with(disk, |s| {
-            s.running = Some((name.to_string(), Progress::default()))
-        });
+            if s.running.is_some() {
+                return false;
+            }
+            s.running = Some((name.to_string(), Progress::default()));
+            true
+        })
     }
 
     pub fn progress(&self, disk: &str, progress: &Progress) {

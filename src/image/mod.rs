@@ -4,4 +4,4 @@ pub mod export;
 pub mod reader;
 
 pub use export::{export, ExportTarget};
-pub use reader::ImageReader;
+pub use reader::{ImageReader, ReadData};

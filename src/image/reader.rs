@@ -10,6 +10,35 @@ use crate::hash::ChunkHash;
 use crate::snapshot::{MapReader, SnapshotRecord};
 use crate::store::Store;
 
+/// Bytes read from an image: borrowed from the chunk cache or owned.
+pub enum ReadData {
+    Shared(Arc<Vec<u8>>, std::ops::Range<usize>),
+    Owned(Vec<u8>),
+}
+
+impl ReadData {
+    pub fn as_slice(&self) -> &[u8] {
+        match self {
+            ReadData::Shared(data, range) => &data[range.clone()],
+            ReadData::Owned(data) => data,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.as_slice().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.as_slice().is_empty()
+    }
+}
+
+impl From<Vec<u8>> for ReadData {
+    fn from(data: Vec<u8>) -> ReadData {
+        ReadData::Owned(data)
+    }
+}
+
 pub struct ImageReader {
     store: Arc<Store>,
     record: SnapshotRecord,
@@ -84,6 +113,28 @@ impl ImageReader {
             pos += take as u64;
         }
         Ok((end.saturating_sub(offset)) as usize)
+    }
+
+    /// Up to `len` bytes from `offset`: a slice of one cached chunk when
+    /// the range lies in one chunk (no copy), else assembled.
+    pub fn read_bytes(&self, offset: u64, len: usize) -> Result<ReadData> {
+        let end = (offset + len as u64).min(self.size());
+        if offset >= end {
+            return Ok(ReadData::Owned(Vec::new()));
+        }
+        let chunk = offset / self.chunk_size();
+        if (end - 1) / self.chunk_size() == chunk {
+            let within = (offset % self.chunk_size()) as usize;
+            let take = (end - offset) as usize;
+            return Ok(match self.chunk(chunk)? {
+                Some(data) => ReadData::Shared(data, within..within + take),
+                None => ReadData::Owned(vec![0u8; take]),
+            });
+        }
+        let mut buf = vec![0u8; (end - offset) as usize];
+        let n = self.read_at(offset, &mut buf)?;
+        buf.truncate(n);
+        Ok(ReadData::Owned(buf))
     }
 
     /// The first offset at or after `offset` in a chunk that holds data, or

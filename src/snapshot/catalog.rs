@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::map::MapRoot;
-use super::names::{check_any_snapshot_name, check_disk_name};
+use super::names::{check_disk_name, check_snapshot_name};
 use crate::error::{Error, Result};
 use crate::store::Store;
 
@@ -209,7 +209,8 @@ impl Store {
     }
 
     pub fn rename_snapshot(&self, disk: &str, old: &str, new: &str) -> Result<SnapshotRecord> {
-        check_any_snapshot_name(new)?;
+        // A person renames; the `auto` prefix stays reserved for policies.
+        check_snapshot_name(new)?;
         let _guard = self.catalog_lock.lock().unwrap_or_else(|e| e.into_inner());
         let mut record = self.snapshot(disk, old)?;
         if old == new {

@@ -23,6 +23,8 @@ pub struct GcReport {
     pub packs_removed: u64,
     pub packs_rewritten: u64,
     pub bytes_freed: u64,
+    /// Dead bytes left in packs below the rewrite threshold.
+    pub dead_bytes_kept: u64,
 }
 
 #[derive(Default)]
@@ -74,7 +76,11 @@ pub fn gc(store: &Store, min_dead_percent: u8) -> Result<GcReport> {
         let pack = usage.remove(&id).unwrap_or_default();
         let dead_bytes = committed.saturating_sub(PACK_HEADER_LEN + pack.live_bytes);
         let worth_it = dead_bytes * 100 >= committed * min_dead_percent as u64;
-        if dead_bytes == 0 || (!pack.live.is_empty() && !worth_it) {
+        if dead_bytes == 0 {
+            continue;
+        }
+        if !pack.live.is_empty() && !worth_it {
+            report.dead_bytes_kept += dead_bytes;
             continue;
         }
         if !pack.live.is_empty() && !move_live_chunks(store, &mut ingest, id, &pack.live) {

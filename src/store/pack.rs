@@ -219,11 +219,17 @@ pub fn read_record(file: &File, hash: &ChunkHash, location: &Location) -> Result
     if record[..RECORD_HEADER_LEN] != record_header(hash, location) {
         return Err(corrupt("record header does not match the index".into()));
     }
-    let stored = &record[RECORD_HEADER_LEN..];
     let plain = match location.codec {
-        Codec::None => stored.to_vec(),
-        Codec::Zstd => zstd::bulk::decompress(stored, location.raw_len as usize)
-            .map_err(|e| corrupt(format!("cannot decompress: {e}")))?,
+        Codec::None => {
+            // Shift the data over the header in place: no second buffer.
+            record.copy_within(RECORD_HEADER_LEN.., 0);
+            record.truncate(location.stored_len as usize);
+            record
+        }
+        Codec::Zstd => {
+            zstd::bulk::decompress(&record[RECORD_HEADER_LEN..], location.raw_len as usize)
+                .map_err(|e| corrupt(format!("cannot decompress: {e}")))?
+        }
     };
     if plain.len() != location.raw_len as usize {
         return Err(corrupt(format!(
