@@ -32,7 +32,8 @@
 //! |------|---------|----------|
 //! | `STORE/lock` (flock) | the one process that opened the store | the whole store |
 //! | `Store::catalog_lock` | name checks + catalog writes | snapshot names |
-//! | `Store::gc_lock` | snapshots (shared), gc (exclusive) | chunk liveness |
+//! | `Store::gc_coord` | reference check of a writing session; gc's mark start and final commit | chunk liveness |
+//! | `Store::gc_run` | one gc pass | packs being rewritten |
 //! | `Store::running` | one snapshot per disk | EBUSY |
 
 pub mod error;

@@ -86,10 +86,12 @@ enum Done {
         count: u64,
         bytes: u64,
     },
+    /// Already stored when a worker looked; the bytes ride along in case
+    /// gc removes it before the collector records the reference.
     Known {
         chunk: u64,
         hash: ChunkHash,
-        len: u64,
+        bytes: Vec<u8>,
     },
     New {
         chunk: u64,
@@ -116,7 +118,6 @@ pub fn create_snapshot(
     let disk_record = store.disk(disk)?;
     store.check_name_free(disk, name)?;
     let _running = store.start_running(disk)?;
-    let _no_gc = store.gc_lock.read().unwrap_or_else(|e| e.into_inner());
 
     let source = Source::open(&disk_record.source)?;
     let created_ms = now_ms();
@@ -293,11 +294,7 @@ fn process_chunks(store: &Store, work: &Mutex<Receiver<Work>>, done: &SyncSender
         } else {
             let hash = ChunkHash::of(&bytes);
             match store.contains(&hash) {
-                Ok(true) => Done::Known {
-                    chunk,
-                    hash,
-                    len: bytes.len() as u64,
-                },
+                Ok(true) => Done::Known { chunk, hash, bytes },
                 Ok(false) => {
                     let (codec, stored) = encode_chunk(&bytes, store.config().zstd());
                     Done::New {
@@ -337,7 +334,12 @@ fn collect(
                 builder.set_zero_range(ingest, first, count)?;
                 progress.done_bytes += bytes;
             }
-            Done::Known { chunk, hash, len } => {
+            Done::Known { chunk, hash, bytes } => {
+                if !ingest.reference(&hash)? {
+                    let (codec, stored) = encode_chunk(&bytes, ingest.store().config().zstd());
+                    ingest.append(&hash, bytes.len() as u32, codec, &stored)?;
+                }
+                let len = bytes.len() as u64;
                 builder.set(ingest, chunk, hash)?;
                 progress.done_bytes += len;
                 *nonzero_bytes += len;

@@ -1,11 +1,22 @@
-//! Garbage collection: mark every chunk and page that a snapshot (or an
-//! image still open after its snapshot was deleted) reaches, then sweep:
-//! packs with no live chunk are removed, packs with dead chunks have their
-//! live chunks copied into new packs and are removed after the commit.
+//! Garbage collection: mark every chunk and page that something reaches,
+//! then sweep: packs with no live chunk are removed, packs with enough dead
+//! bytes have their live chunks copied into new packs and are removed after
+//! the commit.
 //!
-//! gc holds `gc_lock` exclusively for the whole pass: snapshots being taken
-//! hold it shared, so no snapshot can reference a chunk while gc decides
-//! whether it is dead.
+//! gc runs beside readers and snapshots being taken, without stopping them:
+//! 1. Under `gc_coord`, gc copies the references of every open writing
+//!    session and starts a `touched` set: from now on every reference a
+//!    session records (reuse or write, see `Ingest::reference`) lands there.
+//! 2. It marks from the catalog, the pinned maps of open images, and the
+//!    copied session references. Packs created after this point are not
+//!    looked at.
+//! 3. It copies the live chunks of the packs it rewrites, without locks.
+//! 4. Under `gc_coord` again it drops from the dead set whatever was
+//!    touched meanwhile (copying those chunks too if their pack goes), and
+//!    commits: moved chunks point to their new packs, dead entries and
+//!    retired packs are gone. A session checking a hash after this commit
+//!    finds it absent and stores it anew.
+//! 5. It removes the retired pack files.
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
@@ -30,91 +41,129 @@ pub struct GcReport {
 #[derive(Default)]
 struct PackUsage {
     live: Vec<(ChunkHash, Location)>,
-    dead: Vec<ChunkHash>,
+    dead: Vec<(ChunkHash, Location)>,
     live_bytes: u64,
+}
+
+/// A pack gc decided to retire, with the dead chunks it held.
+struct Retired {
+    id: u64,
+    dead: Vec<(ChunkHash, Location)>,
 }
 
 /// Runs a gc pass. A pack with live chunks is rewritten only when at least
 /// `min_dead_percent` of it is dead, so that a little garbage does not cost
 /// a copy of a large pack; packs with no live chunk always go.
 pub fn gc(store: &Store, min_dead_percent: u8) -> Result<GcReport> {
-    let _exclusive = store.gc_lock.write().unwrap_or_else(|e| e.into_inner());
-    let live = mark(store)?;
+    let _one_at_a_time = store.gc_run.lock().unwrap_or_else(|e| e.into_inner());
+    let session_refs = start_tracking(store);
+    let result = sweep(store, min_dead_percent, session_refs);
+    // On every path out: stop collecting touched hashes.
+    store
+        .gc_coord
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .touched = None;
+    result
+}
 
-    let mut usage: HashMap<u64, PackUsage> = HashMap::new();
-    for item in store.index.iter() {
-        let (key, value) = item?;
-        let hash = ChunkHash::from_slice(&key)
-            .ok_or_else(|| Error::BadMetadata("index key is not a hash".into()))?;
-        let location = Location::decode(&value)?;
-        let pack = usage.entry(location.pack).or_default();
-        if live.contains(&hash) {
-            pack.live_bytes += location.record_len();
-            pack.live.push((hash, location));
-        } else {
-            pack.dead.push(hash);
-        }
-    }
+/// Step 1: the references of open sessions, and a fresh touched set.
+fn start_tracking(store: &Store) -> Vec<ChunkHash> {
+    let mut coord = store.gc_coord.lock().unwrap_or_else(|e| e.into_inner());
+    coord.touched = Some(HashSet::new());
+    coord.sessions.values().flatten().copied().collect()
+}
+
+fn sweep(store: &Store, min_dead_percent: u8, session_refs: Vec<ChunkHash>) -> Result<GcReport> {
+    let live = mark(store, session_refs)?;
+    // The packs to consider are those committed before the index scan: a
+    // pack committed later has index entries the scan may have missed.
+    let packs = committed_packs(store)?;
+    let mut usage = pack_usage(store, &live)?;
 
     let mut report = GcReport {
         live_chunks: live.len() as u64,
         ..GcReport::default()
     };
-    let mut ingest = Ingest::new(store);
-    let mut retired: Vec<u64> = Vec::new();
-    let mut dead: Vec<ChunkHash> = Vec::new();
-    for item in store.packs.iter() {
-        let (key, value) = item?;
-        let id = u64::from_be_bytes(
-            key.as_ref()
-                .try_into()
-                .map_err(|_| Error::BadMetadata("bad pack key".into()))?,
-        );
-        let committed = <[u8; 8]>::try_from(value.as_ref())
-            .map(u64::from_le_bytes)
-            .map_err(|_| Error::BadMetadata("bad pack length".into()))?;
+    let mut ingest = Ingest::unregistered(store);
+    let mut retired: Vec<Retired> = Vec::new();
+    for (id, committed) in packs {
         let pack = usage.remove(&id).unwrap_or_default();
         let dead_bytes = committed.saturating_sub(PACK_HEADER_LEN + pack.live_bytes);
-        let worth_it = dead_bytes * 100 >= committed * min_dead_percent as u64;
         if dead_bytes == 0 {
             continue;
         }
+        let worth_it = dead_bytes * 100 >= committed * min_dead_percent as u64;
         if !pack.live.is_empty() && !worth_it {
             report.dead_bytes_kept += dead_bytes;
             continue;
         }
-        if !pack.live.is_empty() && !move_live_chunks(store, &mut ingest, id, &pack.live) {
+        // Step 3: copy what stays alive.
+        if !pack.live.is_empty() && !move_chunks(store, &mut ingest, id, &pack.live) {
             continue;
         }
-        report.removed_chunks += pack.dead.len() as u64;
         report.bytes_freed += committed;
         if pack.live.is_empty() {
             report.packs_removed += 1;
         } else {
             report.packs_rewritten += 1;
         }
-        dead.extend(pack.dead);
-        retired.push(id);
+        retired.push(Retired {
+            id,
+            dead: pack.dead,
+        });
     }
-    // Index entries whose pack has no record at all (a lost pack).
-    for (_, pack) in usage {
-        report.removed_chunks += pack.dead.len() as u64;
-        dead.extend(pack.dead);
-    }
-    report.bytes_freed = report.bytes_freed.saturating_sub(ingest.added_bytes());
+    // Index entries of packs we do not consider: a lost pack's, or those of
+    // a pack committed during this pass, which its session's references
+    // (live or touched) protect.
+    let orphans: Vec<ChunkHash> = usage
+        .into_values()
+        .flat_map(|pack| pack.dead.into_iter().map(|(hash, _)| hash))
+        .collect();
 
+    // Step 4: under the coordination lock, keep what was touched, commit.
+    let mut coord = store.gc_coord.lock().unwrap_or_else(|e| e.into_inner());
+    let touched = coord.touched.take().unwrap_or_default();
+    let mut dead: Vec<ChunkHash> = orphans
+        .into_iter()
+        .filter(|h| !touched.contains(h))
+        .collect();
+    retired.retain(|pack| {
+        let revived: Vec<(ChunkHash, Location)> = pack
+            .dead
+            .iter()
+            .filter(|(hash, _)| touched.contains(hash))
+            .copied()
+            .collect();
+        // A chunk we cannot copy keeps its whole pack for now.
+        revived.is_empty() || move_chunks(store, &mut ingest, pack.id, &revived)
+    });
+    for pack in &retired {
+        dead.extend(
+            pack.dead
+                .iter()
+                .map(|(hash, _)| *hash)
+                .filter(|h| !touched.contains(h)),
+        );
+    }
+    let retired_ids: Vec<u64> = retired.iter().map(|pack| pack.id).collect();
+    report.removed_chunks = dead.len() as u64;
+    report.bytes_freed = report.bytes_freed.saturating_sub(ingest.added_bytes());
     ingest.commit(&|trees| {
         for hash in &dead {
             trees.index.remove(&hash.0)?;
         }
-        for id in &retired {
+        for id in &retired_ids {
             trees.packs.remove(&id.to_be_bytes())?;
         }
         Ok(())
     })?;
-    for id in retired {
-        store.forget_pack_file(id);
-        let path = pack::pack_path(store.packs_dir(), id);
+    drop(coord);
+
+    // Step 5.
+    for pack in retired {
+        store.forget_pack_file(pack.id);
+        let path = pack::pack_path(store.packs_dir(), pack.id);
         if let Err(e) = fs::remove_file(&path) {
             log::warn!("cannot remove {}: {e}", path.display());
         }
@@ -122,14 +171,14 @@ pub fn gc(store: &Store, min_dead_percent: u8) -> Result<GcReport> {
     Ok(report)
 }
 
-/// Copies a pack's live chunks into `ingest`, verifying each. Returns false
-/// (and keeps the pack) if any of them is damaged: gc never drops the only
-/// copy of a chunk, damaged or not.
-fn move_live_chunks(
+/// Copies chunks of pack `id` into `ingest`, verifying each. Returns false
+/// if any is damaged or unreadable: gc never drops the only copy of a
+/// chunk, damaged or not, so the caller then keeps the pack.
+fn move_chunks(
     store: &Store,
     ingest: &mut Ingest,
     id: u64,
-    live: &[(ChunkHash, Location)],
+    chunks: &[(ChunkHash, Location)],
 ) -> bool {
     let file = match store.pack_file(id) {
         Ok(file) => file,
@@ -138,7 +187,7 @@ fn move_live_chunks(
             return false;
         }
     };
-    for (hash, location) in live {
+    for (hash, location) in chunks {
         let moved = pack::read_record(&file, hash, location).and_then(|plain| {
             let (codec, stored) = pack::encode_chunk(&plain, store.config().zstd());
             ingest.append(hash, plain.len() as u32, codec, &stored)
@@ -151,16 +200,18 @@ fn move_live_chunks(
     true
 }
 
-/// Every page and chunk hash that a catalogued or pinned snapshot reaches.
-fn mark(store: &Store) -> Result<HashSet<ChunkHash>> {
+/// Step 2: every page and chunk hash that a catalogued snapshot, an open
+/// image or an open writing session reaches.
+fn mark(store: &Store, session_refs: Vec<ChunkHash>) -> Result<HashSet<ChunkHash>> {
     let mut roots: Vec<MapRoot> = store.snapshots(None)?.iter().map(|s| s.map).collect();
     roots.extend(store.pinned_roots());
-    let mut live = HashSet::new();
+    let mut live: HashSet<ChunkHash> = session_refs.into_iter().collect();
+    let mut pages = HashSet::new();
     for root in roots {
         let map = MapReader::new(store, root);
         let mut chunks = Vec::new();
         // A page already marked was walked in full before: skip it.
-        map.walk(&mut |page| live.insert(*page), &mut |_, hash| {
+        map.walk(&mut |page| pages.insert(*page), &mut |_, hash| {
             if !hash.is_zero() {
                 chunks.push(*hash);
             }
@@ -168,5 +219,43 @@ fn mark(store: &Store) -> Result<HashSet<ChunkHash>> {
         })?;
         live.extend(chunks);
     }
+    live.extend(pages);
     Ok(live)
+}
+
+/// Live and dead chunks of every pack, from one scan of the index.
+fn pack_usage(store: &Store, live: &HashSet<ChunkHash>) -> Result<HashMap<u64, PackUsage>> {
+    let mut usage: HashMap<u64, PackUsage> = HashMap::new();
+    for item in store.index.iter() {
+        let (key, value) = item?;
+        let hash = ChunkHash::from_slice(&key)
+            .ok_or_else(|| Error::BadMetadata("index key is not a hash".into()))?;
+        let location = Location::decode(&value)?;
+        let pack = usage.entry(location.pack).or_default();
+        if live.contains(&hash) {
+            pack.live_bytes += location.record_len();
+            pack.live.push((hash, location));
+        } else {
+            pack.dead.push((hash, location));
+        }
+    }
+    Ok(usage)
+}
+
+/// (pack id, committed length) of every committed pack.
+fn committed_packs(store: &Store) -> Result<Vec<(u64, u64)>> {
+    store
+        .packs
+        .iter()
+        .map(|item| {
+            let (key, value) = item?;
+            let id = <[u8; 8]>::try_from(key.as_ref())
+                .map(u64::from_be_bytes)
+                .map_err(|_| Error::BadMetadata("bad pack key".into()))?;
+            let len = <[u8; 8]>::try_from(value.as_ref())
+                .map(u64::from_le_bytes)
+                .map_err(|_| Error::BadMetadata("bad pack length".into()))?;
+            Ok((id, len))
+        })
+        .collect()
 }

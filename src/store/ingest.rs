@@ -40,11 +40,27 @@ pub struct Ingest<'s> {
     added_bytes: u64,
     new_chunks: u64,
     committed: bool,
+    /// Registration in the store's gc coordination (None for gc itself).
+    session: Option<u64>,
 }
 
 impl<'s> Ingest<'s> {
+    /// A session whose references gc respects until it commits or drops.
     pub fn new(store: &'s Store) -> Ingest<'s> {
+        let mut coord = store.gc_coord.lock().unwrap_or_else(|e| e.into_inner());
+        let id = coord.next_session;
+        coord.next_session += 1;
+        coord.sessions.insert(id, Vec::new());
+        drop(coord);
+        let mut ingest = Ingest::unregistered(store);
+        ingest.session = Some(id);
+        ingest
+    }
+
+    /// gc's own session: it only moves chunks gc already decided about.
+    pub(crate) fn unregistered(store: &'s Store) -> Ingest<'s> {
         Ingest {
+            session: None,
             store,
             writer: None,
             synced_packs: Vec::new(),
@@ -68,7 +84,20 @@ impl<'s> Ingest<'s> {
         self.new_chunks
     }
 
-    pub fn contains(&self, hash: &ChunkHash) -> Result<bool> {
+    /// Records that this session will reference `hash` and says whether the
+    /// store has it. From here until the commit, gc keeps the chunk.
+    pub fn reference(&mut self, hash: &ChunkHash) -> Result<bool> {
+        let mut coord = self
+            .store
+            .gc_coord
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(list) = self.session.and_then(|id| coord.sessions.get_mut(&id)) {
+            list.push(*hash);
+        }
+        if let Some(touched) = coord.touched.as_mut() {
+            touched.insert(*hash);
+        }
         Ok(self.written.contains_key(hash) || self.store.contains(hash)?)
     }
 
@@ -81,7 +110,7 @@ impl<'s> Ingest<'s> {
         codec: Codec,
         stored: &[u8],
     ) -> Result<bool> {
-        if self.contains(hash)? {
+        if self.reference(hash)? {
             return Ok(false);
         }
         self.append(hash, raw_len, codec, stored)?;
@@ -92,7 +121,7 @@ impl<'s> Ingest<'s> {
     /// address.
     pub fn put_plain(&mut self, plain: &[u8]) -> Result<ChunkHash> {
         let hash = ChunkHash::of(plain);
-        if !self.contains(&hash)? {
+        if !self.reference(&hash)? {
             let (codec, stored) = pack::encode_chunk(plain, self.store.config().zstd());
             self.append(&hash, plain.len() as u32, codec, &stored)?;
         }
@@ -142,7 +171,19 @@ impl<'s> Ingest<'s> {
         self.seal_pack()?;
         self.commit_inner(Some(change))?;
         self.committed = true;
+        self.unregister();
         Ok(())
+    }
+
+    fn unregister(&mut self) {
+        if let Some(id) = self.session.take() {
+            self.store
+                .gc_coord
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .sessions
+                .remove(&id);
+        }
     }
 
     fn commit_inner(&mut self, change: Option<&CatalogChange<'_>>) -> Result<()> {
@@ -185,6 +226,7 @@ impl Drop for Ingest<'_> {
     /// committed: the open writer's file is cut back or removed now rather
     /// than at the next open.
     fn drop(&mut self) {
+        self.unregister();
         if self.committed {
             return;
         }

@@ -23,7 +23,7 @@ use std::fs::{self, File};
 use std::num::NonZeroUsize;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 
 use lru::LruCache;
 use serde::{Deserialize, Serialize};
@@ -149,9 +149,10 @@ pub struct Store {
     cache: Mutex<LruCache<ChunkHash, Arc<Vec<u8>>>>,
     /// Serialises catalog changes that check a name and then write it.
     pub(crate) catalog_lock: Mutex<()>,
-    /// Snapshots being taken hold it shared; gc holds it exclusive, so gc
-    /// never drops a chunk a running snapshot is about to reference.
-    pub(crate) gc_lock: RwLock<()>,
+    /// What gc must treat as live besides the catalog (see gc.rs).
+    pub(crate) gc_coord: Mutex<GcCoordination>,
+    /// One gc pass at a time.
+    pub(crate) gc_run: Mutex<()>,
     /// Map roots of snapshots still open after deletion: gc keeps them.
     pins: Mutex<HashMap<MapRoot, usize>>,
     /// Disks with a snapshot being taken right now.
@@ -159,6 +160,19 @@ pub struct Store {
     /// Bumped by every catalog change, so readers can cache listings.
     generation: std::sync::atomic::AtomicU64,
     lock: Mutex<StoreLock>,
+}
+
+/// Chunks that writing sessions reference but the catalog does not yet:
+/// every hash a session decides to reuse or write is recorded here under
+/// the mutex, in the same step as its presence check, so gc can never
+/// remove a chunk between that check and the session's commit.
+#[derive(Default)]
+pub(crate) struct GcCoordination {
+    /// Per open session: every hash it referenced so far.
+    pub sessions: HashMap<u64, Vec<ChunkHash>>,
+    pub next_session: u64,
+    /// While gc sweeps: hashes referenced since its mark began.
+    pub touched: Option<HashSet<ChunkHash>>,
 }
 
 /// Marks a disk busy while a snapshot of it runs.
@@ -250,7 +264,8 @@ impl Store {
             pack_files: Mutex::new(HashMap::new()),
             cache: Mutex::new(LruCache::new(cache_entries(options.cache_bytes, config))),
             catalog_lock: Mutex::new(()),
-            gc_lock: RwLock::new(()),
+            gc_coord: Mutex::new(GcCoordination::default()),
+            gc_run: Mutex::new(()),
             pins: Mutex::new(HashMap::new()),
             running: Mutex::new(HashSet::new()),
             generation: std::sync::atomic::AtomicU64::new(0),

@@ -180,9 +180,13 @@ impl PackWriter {
     /// Makes everything appended so far durable.
     pub fn sync(&mut self) -> Result<()> {
         let path = &self.path;
+        // The pack's directory entry too: a new pack whose name a power
+        // cut loses would leave the index pointing at nothing.
+        let dir = path.parent().unwrap_or(Path::new("."));
         self.out
             .flush()
             .and_then(|_| self.out.get_ref().sync_data())
+            .and_then(|_| File::open(dir)?.sync_all())
             .context(|| format!("syncing pack {}", path.display()))
     }
 }
