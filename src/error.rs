@@ -99,6 +99,10 @@ impl Error {
                 Some(code) => code,
                 None => libc::EIO,
             },
+            Error::Db(sled::Error::Io(e)) => match e.raw_os_error() {
+                Some(libc::ENOSPC) | Some(libc::EDQUOT) => libc::ENOSPC,
+                _ => libc::EIO,
+            },
             Error::NoSpace(_) => libc::ENOSPC,
             Error::InvalidName { .. } | Error::Invalid(_) => libc::EINVAL,
             Error::DiskNotFound(_) | Error::SnapshotNotFound { .. } => libc::ENOENT,

@@ -2,13 +2,15 @@
 //! matches the result onto a reply. Errors are logged here, once.
 
 use std::ffi::OsStr;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
-    INodeNo, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyData, ReplyDirectory,
-    ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request,
-    TimeOrNow, WriteFlags,
+    INodeNo, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite,
+    ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
 use crate::fs::{Attr, FileKind, FsError, SnapFs};
@@ -18,17 +20,37 @@ use crate::fs::{Attr, FileKind, FsError, SnapFs};
 const TTL: Duration = Duration::from_secs(1);
 
 pub struct FuseAdapter {
-    fs: SnapFs,
+    fs: Arc<SnapFs>,
     uid: u32,
     gid: u32,
+    /// Threads answering long requests (see `run_long`); joined at the end.
+    long_requests: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl FuseAdapter {
     pub fn new(fs: SnapFs) -> FuseAdapter {
         FuseAdapter {
-            fs,
+            fs: Arc::new(fs),
             uid: unsafe { libc::geteuid() },
             gid: unsafe { libc::getegid() },
+            long_requests: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Answers a request on a thread of its own. Taking a snapshot or
+    /// running a CLI command lasts minutes; on one of the session's few
+    /// threads it would stall every other request of the mount (a few
+    /// snapshots at once would freeze `ls` and every reader).
+    fn run_long(&self, work: impl FnOnce() + Send + 'static) {
+        let mut threads = self.long_requests.lock().unwrap_or_else(|e| e.into_inner());
+        threads.retain(|t| !t.is_finished());
+        // If no thread starts, the reply inside `work` is dropped: EIO.
+        match std::thread::Builder::new()
+            .name("snapfs-request".into())
+            .spawn(work)
+        {
+            Ok(thread) => threads.push(thread),
+            Err(e) => log::error!("cannot start a thread for a request: {e}"),
         }
     }
 
@@ -67,6 +89,17 @@ fn errno(op: &str, e: FsError) -> Errno {
 }
 
 impl Filesystem for FuseAdapter {
+    fn destroy(&mut self) {
+        let threads = std::mem::take(
+            self.long_requests
+                .get_mut()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        for thread in threads {
+            let _ = thread.join();
+        }
+    }
+
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         // Large requests and deep read-ahead: snapshot images are read in
         // big sequential runs.
@@ -155,6 +188,9 @@ impl Filesystem for FuseAdapter {
                 if opened.parallel_writes {
                     fopen |= FopenFlags::FOPEN_PARALLEL_DIRECT_WRITES;
                 }
+                if opened.parallel_writes {
+                    fopen |= FopenFlags::FOPEN_PARALLEL_DIRECT_WRITES;
+                }
                 reply.opened(FileHandle(opened.fh), fopen)
             }
             Err(e) => reply.error(errno("open", e)),
@@ -172,10 +208,11 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.fs.read(fh.0, offset, size) {
-            Ok(data) => reply.data(data.as_slice()),
-            Err(e) => reply.error(errno("read", e)),
+        if self.fs.is_long_running(fh.0) {
+            let fs = self.fs.clone();
+            return self.run_long(move || reply_read(&fs, fh.0, offset, size, reply));
         }
+        reply_read(&self.fs, fh.0, offset, size, reply)
     }
 
     fn write(
@@ -190,10 +227,11 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self.fs.write(fh.0, data) {
-            Ok(written) => reply.written(written),
-            Err(e) => reply.error(errno("write", e)),
+        if self.fs.is_long_running(fh.0) {
+            let (fs, data) = (self.fs.clone(), data.to_vec());
+            return self.run_long(move || reply_write(&fs, fh.0, &data, reply));
         }
+        reply_write(&self.fs, fh.0, data, reply)
     }
 
     fn flush(
@@ -276,6 +314,51 @@ impl Filesystem for FuseAdapter {
         }
     }
 
+    // Files and folders appear only through disks and snapshots: creating
+    // or removing one by hand is not permitted (rather than ENOSYS, which
+    // tells a user the kernel lacks something).
+    fn mknod(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        reply.error(Errno::EPERM);
+    }
+
+    fn create(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        _flags: i32,
+        reply: ReplyCreate,
+    ) {
+        reply.error(Errno::EPERM);
+    }
+
+    fn mkdir(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        reply.error(Errno::EPERM);
+    }
+
+    fn rmdir(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        reply.error(Errno::EPERM);
+    }
+
     fn setxattr(
         &self,
         _req: &Request,
@@ -314,6 +397,20 @@ impl Filesystem for FuseAdapter {
             Ok(pos) => reply.offset(pos as i64),
             Err(e) => reply.error(errno("lseek", e)),
         }
+    }
+}
+
+fn reply_read(fs: &SnapFs, fh: u64, offset: u64, size: u32, reply: ReplyData) {
+    match fs.read(fh, offset, size) {
+        Ok(data) => reply.data(data.as_slice()),
+        Err(e) => reply.error(errno("read", e)),
+    }
+}
+
+fn reply_write(fs: &SnapFs, fh: u64, data: &[u8], reply: ReplyWrite) {
+    match fs.write(fh, data) {
+        Ok(written) => reply.written(written),
+        Err(e) => reply.error(errno("write", e)),
     }
 }
 

@@ -41,6 +41,7 @@ pub mod fs;
 pub mod fuse;
 pub mod hash;
 pub mod image;
+pub mod policy;
 pub mod snapshot;
 pub mod stats;
 pub mod store;

@@ -10,12 +10,18 @@ use snapfs::snapshot::map::encode_page;
 use snapfs::store::pack::{pack_path, Codec, Location, PackWriter};
 
 fn check_golden(name: &str, bytes: &[u8]) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(name);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(name);
     if std::env::var_os("SNAPFS_BLESS").is_some() {
         std::fs::write(&path, bytes).unwrap();
     }
     let golden = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    assert_eq!(bytes, golden.as_slice(), "{name} differs from its golden file");
+    assert_eq!(
+        bytes,
+        golden.as_slice(),
+        "{name} differs from its golden file"
+    );
 }
 
 #[test]

@@ -68,7 +68,7 @@ fn snapshots_and_reads_survive_concurrent_gc() {
                 let name = format!("s{round}");
                 create_snapshot(&store, "d", &name, &CreateOptions::default()).unwrap();
                 expected.lock().unwrap().insert(name, data);
-                if round > 3 && round % 2 == 0 {
+                if round > 3 && round.is_multiple_of(2) {
                     let old = format!("s{}", round - 3);
                     store.remove_snapshot("d", &old).unwrap();
                     expected.lock().unwrap().remove(&old);

@@ -117,17 +117,28 @@ pub fn mount(dir: &Path, args: MountArgs) -> Result<()> {
 
     let stop_reason = wait_for_end(&signals, &session);
     cancel.store(true, Ordering::Relaxed);
-    match stop_reason {
-        Some(signal) => {
-            log::info!("signal {signal}: unmounting {}", mountpoint.display());
-            if let Err(e) = session.umount_and_join() {
-                log::warn!("unmount: {e}");
+    let mut join = true;
+    if let Some(signal) = stop_reason {
+        log::info!("signal {signal}: unmounting {}", mountpoint.display());
+        if !unmount_path(&mountpoint, false) {
+            // Files are open in the mount (a reader, a loop device, a
+            // snapshot being written). Exiting now would leave a dead
+            // mount behind them: leave the namespace instead, serve them
+            // until they close, and stop at once on a second signal.
+            log::warn!(
+                "{} is busy: detached; serving open files until they close (signal again to stop now)",
+                mountpoint.display()
+            );
+            unmount_path(&mountpoint, true);
+            if let Some(signal) = wait_for_end(&signals, &session) {
+                log::warn!("signal {signal}: stopping with files still open");
+                join = false;
             }
         }
-        None => {
-            if let Err(e) = session.join() {
-                log::warn!("filesystem session: {e}");
-            }
+    }
+    if join {
+        if let Err(e) = session.join() {
+            log::warn!("filesystem session: {e}");
         }
     }
     store.flush()?;
@@ -153,6 +164,28 @@ fn raise_readahead(mountpoint: &Path) {
     if let Err(e) = std::fs::write(&path, "1024") {
         log::debug!("cannot raise read-ahead through {path}: {e}");
     }
+}
+
+/// Unmounts `mountpoint` (lazily: detaches it even while files are open);
+/// returns whether it worked. Not root: fusermount3 may unmount our own.
+fn unmount_path(mountpoint: &Path, lazy: bool) -> bool {
+    let Ok(path) = std::ffi::CString::new(mountpoint.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    let flags = if lazy { libc::MNT_DETACH } else { 0 };
+    if unsafe { libc::umount2(path.as_ptr(), flags) } == 0 {
+        return true;
+    }
+    let mut fusermount = std::process::Command::new("fusermount3");
+    fusermount.arg("-u").arg("-q");
+    if lazy {
+        fusermount.arg("-z");
+    }
+    fusermount
+        .arg(mountpoint)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 fn fuse_config(args: &MountArgs) -> Result<Config> {
@@ -246,7 +279,7 @@ fn run_control_request(store: &Store, request: &[u8]) -> ControlResponse {
     );
     let (code, stderr) = match result {
         Ok(()) => (0, String::new()),
-        Err(e) => (1, format!("snapfs: {e:#}\n")),
+        Err(e) => (1, format!("snapfs: {}\n", super::error_line(&e))),
     };
     ControlResponse {
         code,

@@ -468,6 +468,16 @@ impl SnapFs {
         })
     }
 
+    /// Whether a read or write of `fh` may run for minutes: writes to
+    /// `.create` take a snapshot, the first read of `.control` runs a
+    /// command.
+    pub fn is_long_running(&self, fh: u64) -> bool {
+        matches!(
+            self.handle(fh).as_deref(),
+            Ok(Handle::Create { .. } | Handle::Control { .. })
+        )
+    }
+
     pub fn release(&self, fh: u64) {
         self.handles
             .lock()

@@ -90,10 +90,11 @@ impl StatusBoard {
             let _ = writeln!(text, "disk {disk}");
             match &s.running {
                 Some((name, p)) => {
+                    // Until the first report nothing is known: not "100% of 0 B".
+                    let percent = if p.total_bytes == 0 { 0.0 } else { p.percent() };
                     let _ = writeln!(
                         text,
-                        "running: {name} {:.1}% {} of {}, {}/s, elapsed {:.1} s",
-                        p.percent(),
+                        "running: {name} {percent:.1}% {} of {}, {}/s, elapsed {:.1} s",
                         format_bytes(p.done_bytes),
                         format_bytes(p.total_bytes),
                         format_bytes(p.rate() as u64),

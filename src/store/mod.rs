@@ -217,11 +217,20 @@ impl Store {
         }
         if !root.exists() {
             fs::create_dir_all(root).context(|| format!("creating store {}", root.display()))?;
-            fs::set_permissions(root, fs::Permissions::from_mode(0o700))
-                .context(|| format!("setting permissions of {}", root.display()))?;
+        }
+        if !format_path.exists() && !is_empty_or_half_made_store(root)? {
+            return Err(Error::NotAStore {
+                path: root.to_path_buf(),
+                why: "the folder holds other files; name an empty or new folder".into(),
+            });
         }
         let lock = StoreLock::acquire(root)?;
         let fresh = !format_path.exists();
+        if fresh {
+            // Chunks of people's disks: readable by the owner only.
+            fs::set_permissions(root, fs::Permissions::from_mode(0o700))
+                .context(|| format!("setting permissions of {}", root.display()))?;
+        }
         if !fresh {
             check_format_file(root)?;
         }
@@ -513,6 +522,23 @@ impl Store {
 fn cache_entries(cache_bytes: u64, config: StoreConfig) -> NonZeroUsize {
     let entries = (cache_bytes / config.chunk_size as u64).max(16) as usize;
     NonZeroUsize::new(entries).unwrap_or(NonZeroUsize::MIN)
+}
+
+/// True for a folder a store may be created in: empty, or holding only
+/// what an interrupted creation leaves.
+fn is_empty_or_half_made_store(root: &Path) -> Result<bool> {
+    let entries = fs::read_dir(root).context(|| format!("listing {}", root.display()))?;
+    for entry in entries {
+        let entry = entry.context(|| format!("listing {}", root.display()))?;
+        let name = entry.file_name();
+        if !matches!(
+            name.to_str(),
+            Some("lock" | "db" | "packs" | "FORMAT.tmp" | "snapfs.log")
+        ) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 fn check_format_file(root: &Path) -> Result<()> {

@@ -1,0 +1,395 @@
+//! Snapshot policies: when a disk is snapshotted automatically, which
+//! automatic snapshots are kept, and how fast snapshots may read.
+//!
+//! A policy has a text form, used by `.policy` in the mount and shown by
+//! `snapfs policy show`: space-separated `key=value` settings, e.g.
+//! `at=2,14 days=mon,wed,fri retain-days=7 keep-last=3 max-rate=50M`.
+
+pub mod retention;
+pub mod schedule;
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::units::parse_size;
+
+pub const DAY_NAMES: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
+pub const MAX_RETAIN_DAYS: u32 = 65536;
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct Policy {
+    /// Hours of the day (0-23, local time) to snapshot at.
+    #[serde(default)]
+    pub at: Vec<u8>,
+    /// Days of the week the hours apply to (0 = Monday); empty: every day.
+    #[serde(default)]
+    pub days: Vec<u8>,
+    /// Snapshot every this many seconds instead of at fixed hours.
+    #[serde(default)]
+    pub every_secs: Option<u64>,
+    /// Delete automatic snapshots older than this many days (None: no age limit).
+    #[serde(default)]
+    pub retain_days: Option<u32>,
+    #[serde(default)]
+    pub keep: KeepRules,
+    /// Cap on how fast a snapshot reads its source, bytes per second.
+    #[serde(default)]
+    pub max_rate: Option<u64>,
+}
+
+/// Count rules, as backup tools have them: keep the newest snapshot of
+/// each of the last N hours, days, ... (and the last N overall).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KeepRules {
+    pub last: Option<u32>,
+    pub hourly: Option<u32>,
+    pub daily: Option<u32>,
+    pub weekly: Option<u32>,
+    pub monthly: Option<u32>,
+}
+
+impl KeepRules {
+    pub fn any(&self) -> bool {
+        self.last.is_some()
+            || self.hourly.is_some()
+            || self.daily.is_some()
+            || self.weekly.is_some()
+            || self.monthly.is_some()
+    }
+}
+
+fn invalid(why: impl Into<String>) -> Error {
+    Error::Invalid(why.into())
+}
+
+/// `15m`, `2h`, `1d`, `30s`, `90` (seconds).
+pub fn parse_duration(text: &str) -> Result<Duration> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().map_err(|_| {
+        invalid(format!(
+            "{text:?} is not a duration (examples: 30s, 15m, 2h, 1d)"
+        ))
+    })?;
+    let seconds = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => {
+            return Err(invalid(format!(
+                "unknown unit in duration {text:?} (use s, m, h, d)"
+            )))
+        }
+    };
+    let total = number
+        .checked_mul(seconds)
+        .filter(|&s| s > 0)
+        .ok_or_else(|| invalid(format!("duration {text:?} must be positive and sane")))?;
+    Ok(Duration::from_secs(total))
+}
+
+pub fn format_duration(secs: u64) -> String {
+    match secs {
+        s if s % 86400 == 0 => format!("{}d", s / 86400),
+        s if s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
+/// A size in the largest unit that divides it: `50M`, `1536K`, `1000`.
+pub fn format_size_exact(bytes: u64) -> String {
+    for (shift, unit) in [(40, "T"), (30, "G"), (20, "M"), (10, "K")] {
+        if bytes >= 1 << shift && bytes.is_multiple_of(1 << shift) {
+            return format!("{}{unit}", bytes >> shift);
+        }
+    }
+    bytes.to_string()
+}
+
+pub fn parse_hours(text: &str) -> Result<Vec<u8>> {
+    let mut hours = Vec::new();
+    for part in text.split(',') {
+        let hour: u8 = part
+            .trim()
+            .parse()
+            .ok()
+            .filter(|h| *h < 24)
+            .ok_or_else(|| invalid(format!("hour {part:?} must be a number from 0 to 23")))?;
+        hours.push(hour);
+    }
+    hours.sort_unstable();
+    hours.dedup();
+    Ok(hours)
+}
+
+pub fn parse_days(text: &str) -> Result<Vec<u8>> {
+    let mut days = Vec::new();
+    for part in text.split(',') {
+        let name = part.trim().to_ascii_lowercase();
+        let day = DAY_NAMES
+            .iter()
+            .position(|d| name.len() >= 3 && name.starts_with(d))
+            .ok_or_else(|| {
+                invalid(format!(
+                    "day {part:?} is not one of mon,tue,wed,thu,fri,sat,sun"
+                ))
+            })?;
+        days.push(day as u8);
+    }
+    days.sort_unstable();
+    days.dedup();
+    Ok(days)
+}
+
+fn parse_count(key: &str, value: &str) -> Result<u32> {
+    value
+        .parse::<u32>()
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| invalid(format!("{key}={value}: expected a count of at least 1")))
+}
+
+impl Policy {
+    /// Applies `key=value` settings (space or newline separated) on top of
+    /// this policy. `none` clears a setting: `at=none`, `retain-days=forever`.
+    pub fn apply_text(&mut self, text: &str) -> Result<()> {
+        if !text.is_ascii() {
+            return Err(invalid("policy text must be ASCII key=value settings"));
+        }
+        let mut any = false;
+        for setting in text.split_whitespace() {
+            any = true;
+            let (key, value) = setting
+                .split_once('=')
+                .ok_or_else(|| invalid(format!("{setting:?} is not key=value")))?;
+            self.set(key, value)?;
+        }
+        if !any {
+            return Err(invalid(
+                "no settings given (example: at=2,14 retain-days=7)",
+            ));
+        }
+        self.validate()
+    }
+
+    /// One setting, by the names `.policy` and `policy show` use.
+    pub fn set(&mut self, key: &str, value: &str) -> Result<()> {
+        let clear = value == "none";
+        match key {
+            "at" => {
+                self.at = if clear {
+                    Vec::new()
+                } else {
+                    parse_hours(value)?
+                }
+            }
+            "days" => {
+                self.days = if clear {
+                    Vec::new()
+                } else {
+                    parse_days(value)?
+                }
+            }
+            "every" => {
+                self.every_secs = if clear {
+                    None
+                } else {
+                    Some(parse_duration(value)?.as_secs())
+                }
+            }
+            "retain-days" => {
+                self.retain_days = match value {
+                    "forever" | "none" => None,
+                    days => Some(
+                        days.parse::<u32>()
+                            .ok()
+                            .filter(|d| (1..=MAX_RETAIN_DAYS).contains(d))
+                            .ok_or_else(|| {
+                                invalid(format!(
+                                    "retain-days={days}: expected 1 to {MAX_RETAIN_DAYS} or forever"
+                                ))
+                            })?,
+                    ),
+                }
+            }
+            "keep-last" => {
+                self.keep.last = if clear {
+                    None
+                } else {
+                    Some(parse_count(key, value)?)
+                }
+            }
+            "keep-hourly" => {
+                self.keep.hourly = if clear {
+                    None
+                } else {
+                    Some(parse_count(key, value)?)
+                }
+            }
+            "keep-daily" => {
+                self.keep.daily = if clear {
+                    None
+                } else {
+                    Some(parse_count(key, value)?)
+                }
+            }
+            "keep-weekly" => {
+                self.keep.weekly = if clear {
+                    None
+                } else {
+                    Some(parse_count(key, value)?)
+                }
+            }
+            "keep-monthly" => {
+                self.keep.monthly = if clear {
+                    None
+                } else {
+                    Some(parse_count(key, value)?)
+                }
+            }
+            "max-rate" => {
+                self.max_rate = if clear {
+                    None
+                } else {
+                    Some(parse_size(value).map_err(invalid)?).filter(|r| *r > 0)
+                }
+            }
+            other => {
+                return Err(invalid(format!(
+                    "unknown setting {other:?} (known: at, days, every, retain-days, keep-last, \
+                     keep-hourly, keep-daily, keep-weekly, keep-monthly, max-rate)"
+                )))
+            }
+        }
+        Ok(())
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.every_secs.is_some() && !self.at.is_empty() {
+            return Err(invalid(
+                "a policy takes either at=HOURS or every=DURATION, not both",
+            ));
+        }
+        if !self.days.is_empty() && self.at.is_empty() {
+            return Err(invalid("days= needs at=HOURS"));
+        }
+        Ok(())
+    }
+
+    /// Whether the policy takes snapshots at all.
+    pub fn schedules(&self) -> bool {
+        self.every_secs.is_some() || !self.at.is_empty()
+    }
+}
+
+impl fmt::Display for Policy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut parts: Vec<String> = Vec::new();
+        if !self.at.is_empty() {
+            let hours: Vec<String> = self.at.iter().map(u8::to_string).collect();
+            parts.push(format!("at={}", hours.join(",")));
+        }
+        if !self.days.is_empty() {
+            let days: Vec<&str> = self
+                .days
+                .iter()
+                .map(|d| DAY_NAMES[*d as usize % 7])
+                .collect();
+            parts.push(format!("days={}", days.join(",")));
+        }
+        if let Some(secs) = self.every_secs {
+            parts.push(format!("every={}", format_duration(secs)));
+        }
+        parts.push(match self.retain_days {
+            Some(days) => format!("retain-days={days}"),
+            None => "retain-days=forever".into(),
+        });
+        let counts = [
+            ("keep-last", self.keep.last),
+            ("keep-hourly", self.keep.hourly),
+            ("keep-daily", self.keep.daily),
+            ("keep-weekly", self.keep.weekly),
+            ("keep-monthly", self.keep.monthly),
+        ];
+        for (key, value) in counts {
+            if let Some(n) = value {
+                parts.push(format!("{key}={n}"));
+            }
+        }
+        if let Some(rate) = self.max_rate {
+            parts.push(format!("max-rate={}", format_size_exact(rate)));
+        }
+        write!(f, "{}", parts.join(" "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_round_trip() {
+        let mut policy = Policy::default();
+        policy
+            .apply_text("at=14,2 days=fri,mon,wed retain-days=7 keep-last=3 keep-daily=7")
+            .unwrap();
+        assert_eq!(policy.at, vec![2, 14]);
+        assert_eq!(policy.days, vec![0, 2, 4]);
+        let text = policy.to_string();
+        assert_eq!(
+            text,
+            "at=2,14 days=mon,wed,fri retain-days=7 keep-last=3 keep-daily=7"
+        );
+        let mut again = Policy::default();
+        again.apply_text(&text).unwrap();
+        assert_eq!(again, policy);
+    }
+
+    #[test]
+    fn every_and_rate() {
+        let mut policy = Policy::default();
+        policy.apply_text("every=15m max-rate=50M").unwrap();
+        assert_eq!(policy.every_secs, Some(900));
+        assert_eq!(policy.max_rate, Some(50 << 20));
+        assert_eq!(
+            policy.to_string(),
+            "every=15m retain-days=forever max-rate=50M"
+        );
+        let mut again = Policy::default();
+        again.apply_text(&policy.to_string()).unwrap();
+        assert_eq!(again, policy);
+    }
+
+    #[test]
+    fn bad_settings_are_refused() {
+        for bad in [
+            "",
+            "at=24",
+            "at=-1",
+            "at=x",
+            "days=funday at=1",
+            "days=mon",
+            "every=0",
+            "every=5y",
+            "retain-days=0",
+            "retain-days=65537",
+            "keep-last=0",
+            "nonsense=1",
+            "at",
+            "at=1 every=1h",
+            "max-rate=fast",
+            "at=1\u{e9}",
+        ] {
+            let mut policy = Policy::default();
+            assert!(policy.apply_text(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+}
