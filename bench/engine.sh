@@ -18,7 +18,7 @@ RUN_SUBDIR=run             # stores, repos, logs of this run: $BENCH_DIR/run
 source "$SCRIPT_DIR/lib.sh"   # settings shared with mount.sh, cleanup, timing, workload
 
 BENCH_CHUNK_SIZES=${BENCH_CHUNK_SIZES:-"64K 256K 1M 4M"}
-BENCH_DEFAULT_CHUNK=${BENCH_DEFAULT_CHUNK:-256K}     # row used for the ratios
+BENCH_DEFAULT_CHUNK=${BENCH_DEFAULT_CHUNK:-64K}     # row used for the ratios
 BENCH_COMPRESSION=${BENCH_COMPRESSION:-zstd}
 BENCH_TOOLS=${BENCH_TOOLS:-"read snapfs borg restic"} # subset to run
 BENCH_RESULTS=${BENCH_RESULTS:-$SCRIPT_DIR/results-latest.md}

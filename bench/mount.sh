@@ -127,8 +127,14 @@ run_timed() {
     log "run $id: $*"
     echo "### $id: $*" >>"$lg"
     t0=$(date +%s%N)
-    timeout "$to" "$@" >"$out" 2>>"$lg" || rc=$?
+    # In the background and waited for, so Ctrl-C/SIGTERM cleans up at once
+    # (the cleanup kills the command first) instead of after the step.
+    timeout "$to" "$@" >"$out" 2>>"$lg" &
+    local cmd_pid=$!
+    push_undo pid "$cmd_pid"
+    wait "$cmd_pid" || rc=$?
     t1=$(date +%s%N)
+    release pid "$cmd_pid"
     M_OK=1
     M_S=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", (b - a) / 1e9 }')
     if ((rc == 124)); then

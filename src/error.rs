@@ -63,6 +63,9 @@ pub enum Error {
     #[error("a snapshot of disk {0} is already running")]
     Busy(String),
 
+    #[error("snapshot {name} of disk {disk} is protected; unprotect it first")]
+    Protected { disk: String, name: String },
+
     #[error("source {path}: {why}")]
     Source { path: PathBuf, why: String },
 
@@ -111,6 +114,7 @@ impl Error {
             }
             Error::Busy(_) | Error::Locked { .. } => libc::EBUSY,
             Error::DiskHasSnapshots { .. } => libc::ENOTEMPTY,
+            Error::Protected { .. } => libc::EPERM,
             _ => libc::EIO,
         }
     }

@@ -37,6 +37,12 @@ impl FuseAdapter {
         }
     }
 
+    /// The filesystem core, for the parts of the mount that run beside the
+    /// FUSE session (the policy runner).
+    pub fn fs(&self) -> Arc<SnapFs> {
+        self.fs.clone()
+    }
+
     /// Answers a request on a thread of its own. Taking a snapshot or
     /// running a CLI command lasts minutes; on one of the session's few
     /// threads it would stall every other request of the mount (a few

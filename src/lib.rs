@@ -9,6 +9,7 @@
 //! create: source -> chunker/hasher/compressor (snapshot::create) -> store (packs + index)
 //!         -> snapshot map pages (snapshot::map) -> catalog commit (snapshot::catalog)
 //! read:   image::ImageReader::read_at -> map lookup -> store.get (cache, pack read, verify)
+//! rollback: target chunks -> hash -> compare with the map -> store.read_verified -> target
 //! ```
 //!
 //! - [`store`] owns the store directory: pack files of chunk records, the
@@ -17,6 +18,8 @@
 //!   maps (content-addressed pages, a small Merkle tree) and the create
 //!   pipeline.
 //! - [`image`] reads snapshot images: random access and export.
+//! - [`rollback`] writes a snapshot back onto a disk, only the chunks that
+//!   differ, to a target it has locked and checked is not in use.
 //! - [`verify`] and [`stats`] read the whole store.
 //!
 //! # Durability
@@ -34,7 +37,8 @@
 //! | `Store::catalog_lock` | name checks + catalog writes | snapshot names |
 //! | `Store::gc_coord` | reference check of a writing session; gc's mark start and final commit | chunk liveness |
 //! | `Store::gc_run` | one gc pass | packs being rewritten |
-//! | `Store::running` | one snapshot per disk | EBUSY |
+//! | `Store::running` | one snapshot per disk (or a rollback of it) | EBUSY |
+//! | flock + OFD write lock on the target | a rollback | the disk being written |
 
 pub mod error;
 pub mod fs;
@@ -42,6 +46,7 @@ pub mod fuse;
 pub mod hash;
 pub mod image;
 pub mod policy;
+pub mod rollback;
 pub mod snapshot;
 pub mod stats;
 pub mod store;

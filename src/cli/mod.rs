@@ -8,7 +8,9 @@
 
 mod disk;
 mod mount;
+mod policy;
 mod remote;
+mod rollback;
 mod snapshot;
 mod store_cmds;
 
@@ -60,6 +62,13 @@ pub enum Command {
     Verify(store_cmds::VerifyArgs),
     /// Show logical and stored bytes, dedup and compression ratios
     Stats(store_cmds::StatsArgs),
+    /// Set, show and remove automatic snapshot policies
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
+    /// Delete the automatic snapshots that policies no longer keep
+    Prune(policy::PruneArgs),
+    /// Write a snapshot back onto its disk (or --to a file or device), changing only the chunks that differ
+    Rollback(rollback::RollbackArgs),
     /// Mount the store: a folder per disk, a read-only image file per snapshot
     Mount(mount::MountArgs),
     /// Unmount a snapfs mount and wait until its process has ended
@@ -137,7 +146,10 @@ pub fn execute(store: &Store, command: Command, out: &mut Output) -> Result<()> 
         Command::Gc(args) => store_cmds::gc(store, args, out),
         Command::Verify(args) => store_cmds::verify(store, args, out),
         Command::Stats(args) => store_cmds::stats(store, args, out),
+        Command::Policy(command) => policy::run(store, command, out),
+        Command::Prune(args) => policy::prune_command(store, args, out),
         Command::Export(args) => store_cmds::export(store, args),
+        Command::Rollback(args) => rollback::run(store, args, out),
         Command::Init(_) => bail!("a store exists at {}", store.root().display()),
         Command::Mount(_) | Command::Umount(_) => {
             bail!("the store is already mounted; run mount and umount outside of it")

@@ -20,7 +20,7 @@ use fuser::{Config, MountOption, SessionACL};
 
 use super::remote::{mountpoint_of, ControlResponse};
 use super::{execute, open_store, Cli, Output};
-use snapfs::fs::{ControlHandler, MountOptions, SnapFs};
+use snapfs::fs::{scheduler, ControlHandler, MountOptions, SnapFs};
 use snapfs::fuse::FuseAdapter;
 use snapfs::store::{lock, Store};
 use snapfs::units::parse_size;
@@ -47,6 +47,9 @@ pub struct MountArgs {
     /// Detach once the mount serves; logs go to STORE/snapfs.log
     #[arg(long)]
     daemon: bool,
+    /// Default cap on how fast snapshots read their disk, per second (a policy's max-rate wins)
+    #[arg(long, value_name = "RATE", value_parser = parse_size)]
+    max_rate: Option<u64>,
 }
 
 #[derive(Args, Debug)]
@@ -98,10 +101,14 @@ pub fn mount(dir: &Path, args: MountArgs) -> Result<()> {
         control_handler(store.clone()),
         MountOptions {
             cancel: Some(cancel.clone()),
+            max_rate: args.max_rate,
             ..MountOptions::default()
         },
     );
-    let session = fuser::Session::new(FuseAdapter::new(fs), &mountpoint, &config)
+    let adapter = FuseAdapter::new(fs);
+    let policies =
+        scheduler::spawn(adapter.fs(), cancel.clone()).context("cannot start the policy runner")?;
+    let session = fuser::Session::new(adapter, &mountpoint, &config)
         .with_context(|| format!("cannot mount on {}", mountpoint.display()))?;
     let session = session.spawn().context("cannot start the filesystem")?;
     store.announce_mount(Some(&mountpoint))?;
@@ -141,6 +148,7 @@ pub fn mount(dir: &Path, args: MountArgs) -> Result<()> {
             log::warn!("filesystem session: {e}");
         }
     }
+    let _ = policies.join();
     store.flush()?;
     store.announce_mount(None)?;
     log::info!("unmounted {}", mountpoint.display());
@@ -371,12 +379,40 @@ fn start_daemon() -> Result<()> {
     bail!("the mount daemon failed to start ({status})")
 }
 
+/// The pid a snapfs mount names in its root's `user.snapfs.pid` xattr.
+fn mount_server_pid(mountpoint: &Path) -> Option<u32> {
+    let path = std::ffi::CString::new(mountpoint.as_os_str().as_encoded_bytes()).ok()?;
+    let name = c"user.snapfs.pid";
+    let mut value = [0u8; 32];
+    let len = unsafe {
+        libc::getxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            value.as_mut_ptr().cast(),
+            value.len(),
+        )
+    };
+    if len <= 0 {
+        return None;
+    }
+    std::str::from_utf8(&value[..len as usize])
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
 pub fn umount(dir: &Path, args: UmountArgs) -> Result<()> {
     let mountpoint = args
         .mountpoint
         .canonicalize()
         .with_context(|| format!("mountpoint {}", args.mountpoint.display()))?;
-    let holder = lock::read_holder(dir).filter(|h| h.mountpoint.as_deref() == Some(&mountpoint));
+    // The serving process: from the mount itself, else from the store's lock.
+    let server = mount_server_pid(&mountpoint).or_else(|| {
+        lock::read_holder(dir)
+            .filter(|h| h.mountpoint.as_deref() == Some(&mountpoint))
+            .map(|h| h.pid)
+    });
     let path = std::ffi::CString::new(mountpoint.as_os_str().as_encoded_bytes())?;
     if unsafe { libc::umount2(path.as_ptr(), 0) } != 0 {
         let err = std::io::Error::last_os_error();
@@ -389,14 +425,21 @@ pub fn umount(dir: &Path, args: UmountArgs) -> Result<()> {
             bail!("cannot unmount {}: {err}", mountpoint.display());
         }
     }
-    // Wait for the mount process to flush the store and let go of it.
-    if let Some(holder) = holder {
+    // Wait for the mount process to flush the store and end.
+    if let Some(pid) = server {
+        // A zombie has ended; only its parent can reap it.
+        let alive = || {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                stat.rsplit_once(") ")
+                    .is_some_and(|(_, rest)| !rest.starts_with('Z'))
+            })
+        };
         let deadline = Instant::now() + Duration::from_secs(60);
-        while lock::is_locked(dir) && Instant::now() < deadline {
+        while alive() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(50));
         }
-        if lock::is_locked(dir) {
-            bail!("unmounted, but pid {} still holds the store", holder.pid);
+        if alive() {
+            bail!("unmounted, but the mount process (pid {pid}) has not ended yet");
         }
     }
     println!("unmounted {}", mountpoint.display());

@@ -44,8 +44,14 @@ pub fn mountpoint_of(dir: &Path) -> Option<PathBuf> {
 
 pub fn run(mnt: &Path, command: Command) -> Result<()> {
     match command {
-        Command::Snapshot(SnapshotCommand::Create { disk, name }) => create(mnt, &disk, &name),
+        // `.create` takes a bare name: a rate cap goes through /.control.
+        Command::Snapshot(SnapshotCommand::Create {
+            disk,
+            name,
+            max_rate: None,
+        }) => create(mnt, &disk, &name),
         Command::Export(args) => export(mnt, args),
+        Command::Rollback(args) => control(mnt, args.control_args()?),
         // The mount resolves paths against its own working folder, not ours.
         Command::Disk(DiskCommand::Add { name, source }) => {
             let source = std::path::absolute(&source)

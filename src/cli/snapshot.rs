@@ -9,12 +9,19 @@ use indicatif::{ProgressBar, ProgressStyle};
 use super::{print_json, Output};
 use snapfs::snapshot::{create_snapshot, CreateOptions, Progress, SnapshotRecord};
 use snapfs::store::Store;
+use snapfs::units::parse_size;
 use snapfs::units::{format_bytes, format_time_ms, rfc3339_ms};
 
 #[derive(Subcommand, Debug)]
 pub enum SnapshotCommand {
     /// Take a snapshot of DISK named NAME (a progress bar shows on a terminal)
-    Create { disk: String, name: String },
+    Create {
+        disk: String,
+        name: String,
+        /// Cap on how fast the disk is read, per second (e.g. 50M)
+        #[arg(long, value_name = "RATE", value_parser = parse_size)]
+        max_rate: Option<u64>,
+    },
     /// List snapshots: name, disk, created, size, state, bytes added to the store
     List {
         /// Only the snapshots of this disk
@@ -31,6 +38,10 @@ pub enum SnapshotCommand {
         old: String,
         new: String,
     },
+    /// Protect a snapshot: nothing deletes it (rm, prune, disk rm) until unprotected
+    Protect { disk: String, name: String },
+    /// Lift the protection of a snapshot
+    Unprotect { disk: String, name: String },
 }
 
 #[derive(serde::Serialize)]
@@ -66,7 +77,11 @@ impl From<&SnapshotRecord> for SnapshotRow {
 
 pub fn run(store: &Store, command: SnapshotCommand, out: &mut Output) -> Result<()> {
     match command {
-        SnapshotCommand::Create { disk, name } => {
+        SnapshotCommand::Create {
+            disk,
+            name,
+            max_rate,
+        } => {
             let bar = progress_bar(out.interactive);
             let report = |p: &Progress| {
                 if let Some(bar) = &bar {
@@ -76,6 +91,7 @@ pub fn run(store: &Store, command: SnapshotCommand, out: &mut Output) -> Result<
             };
             let options = CreateOptions {
                 progress: Some(&report),
+                max_rate,
                 ..CreateOptions::default()
             };
             let started = std::time::Instant::now();
@@ -126,6 +142,14 @@ pub fn run(store: &Store, command: SnapshotCommand, out: &mut Output) -> Result<
                 out.out,
                 "removed snapshot {name} of disk {disk}; run snapfs gc to reclaim its space"
             )?;
+        }
+        SnapshotCommand::Protect { disk, name } => {
+            store.protect_snapshot(&disk, &name, true)?;
+            writeln!(out.out, "protected snapshot {name} of disk {disk}")?;
+        }
+        SnapshotCommand::Unprotect { disk, name } => {
+            store.protect_snapshot(&disk, &name, false)?;
+            writeln!(out.out, "unprotected snapshot {name} of disk {disk}")?;
         }
         SnapshotCommand::Rename { disk, old, new } => {
             store.rename_snapshot(&disk, &old, &new)?;

@@ -16,7 +16,7 @@ use snapfs::units::{format_bytes, parse_size};
 #[derive(Args, Debug)]
 pub struct InitArgs {
     /// Chunk size: a power of two from 64K to 4M
-    #[arg(long, value_name = "SIZE", default_value = "256K", value_parser = parse_size)]
+    #[arg(long, value_name = "SIZE", default_value = "64K", value_parser = parse_size)]
     chunk_size: u64,
     /// Compression of stored chunks
     #[arg(long, value_name = "zstd|none", default_value = "zstd")]

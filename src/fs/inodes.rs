@@ -16,6 +16,8 @@ pub enum Node {
     Disk(String),
     /// `DISK/.create`: write a name to take a snapshot.
     Create(String),
+    /// `DISK/.policy`: the disk's policy as text; write settings to change it.
+    Policy(String),
     /// `DISK/.status`: progress and recent outcomes.
     Status(String),
     /// `/.control`: runs CLI commands inside the mount.

@@ -13,6 +13,7 @@
 
 mod inodes;
 mod prefetch;
+pub mod scheduler;
 pub mod status;
 
 use std::collections::HashMap;
@@ -103,6 +104,10 @@ enum Handle {
     Create {
         disk: String,
     },
+    /// `.policy` opened for writing: each write replaces the policy.
+    Policy {
+        disk: String,
+    },
     Control {
         request: Mutex<Vec<u8>>,
         response: Mutex<Option<Vec<u8>>>,
@@ -125,6 +130,8 @@ pub struct MountOptions {
     pub prefetch_threads: usize,
     /// Set when the mount goes away: running snapshots stop and leave nothing.
     pub cancel: Option<Arc<std::sync::atomic::AtomicBool>>,
+    /// Default cap on how fast snapshots read their disk, bytes per second.
+    pub max_rate: Option<u64>,
 }
 
 impl Default for MountOptions {
@@ -133,6 +140,7 @@ impl Default for MountOptions {
             snapshot_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
             prefetch_threads: 4,
             cancel: None,
+            max_rate: None,
         }
     }
 }
@@ -267,6 +275,7 @@ impl SnapFs {
             }
             Node::Disk(disk) => match name {
                 ".create" => Ok(Node::Create(disk.clone())),
+                ".policy" => Ok(Node::Policy(disk.clone())),
                 ".status" => Ok(Node::Status(disk.clone())),
                 _ => {
                     let record = self
@@ -310,6 +319,10 @@ impl SnapFs {
         Ok(match node {
             Node::Root | Node::Group(_) | Node::Disk(_) => self.dir_attr(ino),
             Node::Create(_) => self.file_attr(ino, 0o200, CREATE_FILE_SIZE),
+            Node::Policy(disk) => {
+                let size = self.policy_text(disk)?.len() as u64;
+                self.file_attr(ino, 0o644, size)
+            }
             Node::Control => self.file_attr(ino, 0o600, 0),
             Node::Status(disk) => {
                 let size = self.status.render(disk).len() as u64;
@@ -383,6 +396,7 @@ impl SnapFs {
             }
             Node::Disk(disk) => {
                 add(Node::Create(disk.clone()), FileKind::File, ".create");
+                add(Node::Policy(disk.clone()), FileKind::File, ".policy");
                 add(Node::Status(disk.clone()), FileKind::File, ".status");
                 for record in catalog.snapshots.get(disk).into_iter().flatten() {
                     let node = Node::Snapshot {
@@ -430,6 +444,17 @@ impl SnapFs {
                 let reader = Arc::new(ImageReader::new(self.store.clone(), record));
                 let state = Mutex::new(ReadState::default());
                 (Handle::Image { reader, state }, false, true)
+            }
+            Node::Policy(disk) => {
+                if writes {
+                    (Handle::Policy { disk }, true, false)
+                } else {
+                    (
+                        Handle::Text(self.policy_text(&disk)?.into_bytes()),
+                        true,
+                        false,
+                    )
+                }
             }
             Node::Status(disk) => {
                 if writes {
@@ -511,6 +536,9 @@ impl SnapFs {
                 }
                 Ok(slice_at(response.as_deref().unwrap_or_default(), offset, size).into())
             }
+            Handle::Policy { disk } => {
+                Ok(slice_at(self.policy_text(disk)?.as_bytes(), offset, size).into())
+            }
             Handle::Create { .. } => Err(FsError::new(libc::EBADF)),
         }
     }
@@ -520,6 +548,10 @@ impl SnapFs {
         match handle.as_ref() {
             Handle::Create { disk } => {
                 self.create_from_write(disk, data)?;
+                Ok(data.len() as u32)
+            }
+            Handle::Policy { disk } => {
+                self.policy_from_write(disk, data)?;
                 Ok(data.len() as u32)
             }
             Handle::Control { request, response } => {
@@ -549,6 +581,19 @@ impl SnapFs {
             self.refuse(disk, name, &e.to_string());
             return Err(e.into());
         }
+        self.take_snapshot(disk, name, false, None)
+    }
+
+    /// Takes a snapshot as `.create` and policies do: one per disk at a
+    /// time (EBUSY), progress and outcome in `.status`. `max_rate`
+    /// overrides the mount's default cap.
+    pub fn take_snapshot(
+        &self,
+        disk: &str,
+        name: &str,
+        automatic: bool,
+        max_rate: Option<u64>,
+    ) -> FsResult<()> {
         // Checked and marked at once, so that of two writers racing here
         // one is refused and the running one keeps its progress line.
         if self.store.is_running(disk) || !self.status.try_start(disk, name) {
@@ -564,6 +609,8 @@ impl SnapFs {
             threads: self.options.snapshot_threads,
             progress: Some(&report),
             cancel: self.options.cancel.as_deref(),
+            automatic,
+            max_rate: max_rate.or(self.options.max_rate),
             ..CreateOptions::default()
         };
         let started = std::time::Instant::now();
@@ -582,6 +629,42 @@ impl SnapFs {
         }
     }
 
+    /// What `.policy` shows: the policy's settings, or `none`.
+    fn policy_text(&self, disk: &str) -> FsResult<String> {
+        Ok(match self.store.policy(disk)? {
+            Some(policy) => format!("{policy}\n"),
+            None => "none\n".to_string(),
+        })
+    }
+
+    /// A write to `.policy` replaces the disk's policy with the settings it
+    /// holds (`none` removes it); anything unparsable is EINVAL.
+    fn policy_from_write(&self, disk: &str, data: &[u8]) -> FsResult<()> {
+        let text = String::from_utf8_lossy(data);
+        let text = text.trim();
+        let result = if text == "none" {
+            self.store.remove_policy(disk).map(|_| ())
+        } else {
+            let mut policy = crate::policy::Policy::default();
+            policy
+                .apply_text(text)
+                .and_then(|()| self.store.set_policy(disk, &policy))
+        };
+        match result {
+            Ok(()) => {
+                log::info!("policy of disk {disk} set to {text:?}");
+                self.status.note(disk, &format!("policy set: {text}"));
+                Ok(())
+            }
+            Err(e) => {
+                log::warn!("refused policy {text:?} for disk {disk}: {e}");
+                self.status
+                    .note(disk, &format!("refused policy {text:?}: {e}"));
+                Err(e.into())
+            }
+        }
+    }
+
     fn refuse(&self, disk: &str, name: &str, why: &str) {
         log::warn!("refused snapshot {name:?} of disk {disk}: {why}");
         self.status.note(disk, &format!("refused {name:?}: {why}"));
@@ -593,8 +676,8 @@ impl SnapFs {
         let node = self.node(ino)?;
         match &node {
             Node::Snapshot { .. } => return Err(FsError::new(libc::EROFS)),
-            Node::Create(_) | Node::Control if !changes_other && matches!(size, None | Some(0)) => {
-            }
+            Node::Create(_) | Node::Control | Node::Policy(_)
+                if !changes_other && matches!(size, None | Some(0)) => {}
             _ => return Err(FsError::new(libc::EPERM)),
         }
         self.attr_of(ino, &node)
@@ -667,6 +750,14 @@ impl SnapFs {
                 .unwrap_or_default())
         };
         Ok(match &node {
+            // Who serves this mount, so `snapfs umount` can wait for it.
+            Node::Root => vec![
+                ("user.snapfs.pid".into(), std::process::id().to_string()),
+                (
+                    "user.snapfs.store".into(),
+                    self.store.root().display().to_string(),
+                ),
+            ],
             Node::Disk(disk) => vec![
                 ("user.snapfs.disk".into(), disk.clone()),
                 ("user.snapfs.source".into(), disk_source(disk)?),

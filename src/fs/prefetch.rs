@@ -1,7 +1,8 @@
 //! Read-ahead for sequential readers: after each read that continues the
 //! previous one, the next chunks are fetched into the chunk cache by a small
 //! pool of threads. The window starts at one chunk and doubles while reads
-//! stay sequential; a seek resets it.
+//! stay sequential; a seek closes it, so random readers pay for nothing
+//! they did not ask for.
 
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
@@ -53,14 +54,20 @@ impl Prefetcher {
         let chunks = reader.size().div_ceil(chunk_size);
         let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
         let last = (offset + len.max(1) - 1) / chunk_size;
-        if offset == state.next_offset && offset != 0 {
-            state.window = (state.window * 2).clamp(1, MAX_WINDOW);
-        } else {
-            state.window = 1;
-            state.fetched_to = last + 1;
-        }
+        let sequential = offset == state.next_offset && offset != 0;
         state.next_offset = offset + len;
-        let target = (last + state.window).min(chunks.saturating_sub(1));
+        if !sequential {
+            // A seek (or the first read): random readers get no read-ahead,
+            // which would only double their work.
+            state.window = 0;
+            state.fetched_to = last + 1;
+            return;
+        }
+        state.window = (state.window * 2).clamp(1, MAX_WINDOW);
+        if last + 1 >= chunks {
+            return;
+        }
+        let target = (last + state.window).min(chunks - 1);
         let from = state.fetched_to.max(last + 1);
         for chunk in from..=target {
             self.request(reader, chunk);

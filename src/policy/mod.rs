@@ -5,8 +5,10 @@
 //! `snapfs policy show`: space-separated `key=value` settings, e.g.
 //! `at=2,14 days=mon,wed,fri retain-days=7 keep-last=3 max-rate=50M`.
 
+pub mod prune;
 pub mod retention;
 pub mod schedule;
+mod stored;
 
 use std::fmt;
 use std::time::Duration;

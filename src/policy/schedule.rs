@@ -6,7 +6,7 @@
 //! it comes back, not a burst: the next time is computed from the last
 //! snapshot, and once it is in the past a single snapshot is due now.
 
-use chrono::{DateTime, Datelike, Duration, NaiveDate, NaiveTime, TimeZone};
+use chrono::{DateTime, Datelike, Duration, LocalResult, NaiveDate, NaiveTime, TimeZone};
 
 use super::Policy;
 
@@ -60,14 +60,18 @@ pub fn time_point_after<Tz: TimeZone>(
 /// first occurrence.
 fn local_time<Tz: TimeZone>(tz: &Tz, date: NaiveDate, hour: u8) -> Option<DateTime<Tz>> {
     let naive = date.and_time(NaiveTime::from_hms_opt(hour as u32, 0, 0)?);
-    if let Some(at) = tz.from_local_datetime(&naive).earliest() {
-        return Some(at);
-    }
     // Gaps are at most a few hours: the first whole minute that exists.
-    (1..=240).find_map(|minutes| {
-        tz.from_local_datetime(&(naive + Duration::minutes(minutes)))
-            .earliest()
-    })
+    (0..=240).find_map(|minutes| first_instant(tz, naive + Duration::minutes(minutes)))
+}
+
+/// The earlier of the instants a local time may name (chrono lists the
+/// two of an ambiguous time in offset order, not time order).
+fn first_instant<Tz: TimeZone>(tz: &Tz, naive: chrono::NaiveDateTime) -> Option<DateTime<Tz>> {
+    match tz.from_local_datetime(&naive) {
+        LocalResult::Single(at) => Some(at),
+        LocalResult::Ambiguous(a, b) => Some(if a < b { a } else { b }),
+        LocalResult::None => None,
+    }
 }
 
 #[cfg(test)]

@@ -130,10 +130,10 @@ impl Store {
             });
         }
         if let Some(protected) = snapshots.iter().find(|s| s.protected) {
-            return Err(Error::Invalid(format!(
-                "snapshot {} of disk {name} is protected; unprotect it first",
-                protected.name
-            )));
+            return Err(Error::Protected {
+                disk: name.to_string(),
+                name: protected.name.clone(),
+            });
         }
         let mut batch = sled::Batch::default();
         for snapshot in &snapshots {
@@ -142,6 +142,7 @@ impl Store {
         (&self.snapshots, &self.disks)
             .transaction_apply(batch, name)
             .map_err(Error::Db)?;
+        self.policies.remove(name)?;
         self.flush()
     }
 
@@ -199,9 +200,10 @@ impl Store {
         let _guard = self.catalog_lock.lock().unwrap_or_else(|e| e.into_inner());
         let record = self.snapshot(disk, name)?;
         if record.protected {
-            return Err(Error::Invalid(format!(
-                "snapshot {name} of disk {disk} is protected; unprotect it first"
-            )));
+            return Err(Error::Protected {
+                disk: disk.to_string(),
+                name: name.to_string(),
+            });
         }
         self.snapshots.remove(snapshot_key(disk, record.id))?;
         self.flush()?;

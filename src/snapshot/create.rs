@@ -63,6 +63,11 @@ pub struct CreateOptions<'a> {
     pub progress: Option<&'a (dyn Fn(&Progress) + Sync)>,
     /// Set to stop the snapshot early; it then fails and leaves nothing.
     pub cancel: Option<&'a AtomicBool>,
+    /// Cap on how fast the source is read, in bytes per second.
+    pub max_rate: Option<u64>,
+    /// Read the source at idle I/O priority, so the disk's own users come
+    /// first (honoured by the BFQ scheduler; others ignore it).
+    pub idle_io: bool,
 }
 
 impl Default for CreateOptions<'_> {
@@ -72,6 +77,8 @@ impl Default for CreateOptions<'_> {
             automatic: false,
             progress: None,
             cancel: None,
+            max_rate: None,
+            idle_io: true,
         }
     }
 }
@@ -144,7 +151,19 @@ pub fn create_snapshot(
             let done_tx = done_tx.clone();
             let (source, stop) = (&source, &stop);
             scope.spawn(move || {
-                read_source(source, chunk_size, work_tx, done_tx, stop, options.cancel)
+                if options.idle_io {
+                    set_idle_io_priority();
+                }
+                let pace = Pace::new(options.max_rate);
+                read_source(
+                    source,
+                    chunk_size,
+                    work_tx,
+                    done_tx,
+                    stop,
+                    options.cancel,
+                    pace,
+                )
             });
         }
         for _ in 0..threads {
@@ -210,6 +229,53 @@ pub fn create_snapshot(
     Ok(record)
 }
 
+/// Keeps reading under a rate cap: after each read, sleeps until the bytes
+/// read so far fit the cap.
+struct Pace {
+    rate: Option<u64>,
+    started: Instant,
+    bytes: u64,
+}
+
+impl Pace {
+    fn new(rate: Option<u64>) -> Pace {
+        Pace {
+            rate: rate.filter(|r| *r > 0),
+            started: Instant::now(),
+            bytes: 0,
+        }
+    }
+
+    fn after(&mut self, bytes: u64) {
+        let Some(rate) = self.rate else { return };
+        self.bytes += bytes;
+        let due = std::time::Duration::from_secs_f64(self.bytes as f64 / rate as f64);
+        let elapsed = self.started.elapsed();
+        if due > elapsed {
+            std::thread::sleep(due - elapsed);
+        }
+    }
+}
+
+/// Puts the calling thread in the idle I/O class (ioprio_set(2)).
+fn set_idle_io_priority() {
+    const IOPRIO_WHO_PROCESS: libc::c_int = 1;
+    const IOPRIO_CLASS_IDLE: libc::c_int = 3;
+    const IOPRIO_CLASS_SHIFT: libc::c_int = 13;
+    // who = 0: the calling thread.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_ioprio_set,
+            IOPRIO_WHO_PROCESS,
+            0,
+            IOPRIO_CLASS_IDLE << IOPRIO_CLASS_SHIFT,
+        )
+    };
+    if rc != 0 {
+        log::debug!("ioprio_set: {}", std::io::Error::last_os_error());
+    }
+}
+
 /// Walks the source's data regions and hands chunks to the workers; whole
 /// chunks inside holes go straight to the collector as zero runs.
 fn read_source(
@@ -219,6 +285,7 @@ fn read_source(
     done: SyncSender<Done>,
     stop: &AtomicBool,
     cancel: Option<&AtomicBool>,
+    mut pace: Pace,
 ) {
     let size = source.size();
     let chunks = size.div_ceil(chunk_size);
@@ -258,6 +325,7 @@ fn read_source(
                 return;
             }
             source.forget_range(offset, len);
+            pace.after(len);
             for (i, piece) in buf.chunks(chunk_size as usize).enumerate() {
                 let item = Work::Data {
                     chunk: chunk + i as u64,

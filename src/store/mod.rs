@@ -4,7 +4,7 @@
 //! ```text
 //! STORE/FORMAT        "snapfs store format 1": checked before sled opens
 //! STORE/lock          flock; names the holding pid (and mountpoint)
-//! STORE/db/           sled: meta, index, packs, disks, snapshots
+//! STORE/db/           sled: meta, index, packs, disks, snapshots, policies
 //! STORE/packs/*.pack  append-only chunk records (see pack.rs)
 //! ```
 //!
@@ -41,7 +41,7 @@ const FORMAT_PREFIX: &str = "snapfs store format ";
 
 pub const MIN_CHUNK_SIZE: u32 = 64 << 10;
 pub const MAX_CHUNK_SIZE: u32 = 4 << 20;
-pub const DEFAULT_CHUNK_SIZE: u32 = 256 << 10;
+pub const DEFAULT_CHUNK_SIZE: u32 = 64 << 10;
 pub const DEFAULT_CACHE_BYTES: u64 = 256 << 20;
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
@@ -145,6 +145,7 @@ pub struct Store {
     pub(crate) packs: sled::Tree,
     pub(crate) disks: sled::Tree,
     pub(crate) snapshots: sled::Tree,
+    pub(crate) policies: sled::Tree,
     pack_files: Mutex<HashMap<u64, Arc<File>>>,
     cache: Mutex<LruCache<ChunkHash, Arc<Vec<u8>>>>,
     /// Serialises catalog changes that check a name and then write it.
@@ -268,6 +269,7 @@ impl Store {
             packs: db.open_tree("packs")?,
             disks: db.open_tree("disks")?,
             snapshots: db.open_tree("snapshots")?,
+            policies: db.open_tree("policies")?,
             meta,
             db,
             pack_files: Mutex::new(HashMap::new()),

@@ -17,6 +17,7 @@
 //! index); bytes past it are the tail of an interrupted write and are cut off
 //! when the store opens.
 
+use std::cell::RefCell;
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
@@ -230,10 +231,8 @@ pub fn read_record(file: &File, hash: &ChunkHash, location: &Location) -> Result
             record.truncate(location.stored_len as usize);
             record
         }
-        Codec::Zstd => {
-            zstd::bulk::decompress(&record[RECORD_HEADER_LEN..], location.raw_len as usize)
-                .map_err(|e| corrupt(format!("cannot decompress: {e}")))?
-        }
+        Codec::Zstd => decompress(&record[RECORD_HEADER_LEN..], location.raw_len as usize)
+            .map_err(|e| corrupt(format!("cannot decompress: {e}")))?,
     };
     if plain.len() != location.raw_len as usize {
         return Err(corrupt(format!(
@@ -267,11 +266,46 @@ pub fn check_pack_header(file: &File, id: u64) -> Result<()> {
     Ok(())
 }
 
+thread_local! {
+    // zstd contexts are costly to set up (more than compressing a small
+    // chunk): each thread keeps one of each and reuses it.
+    static COMPRESSOR: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+        const { RefCell::new(None) };
+    static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { RefCell::new(None) };
+}
+
+fn compress(plain: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
+    COMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.as_ref().is_none_or(|(l, _)| *l != level) {
+            *slot = Some((level, zstd::bulk::Compressor::new(level)?));
+        }
+        match slot.as_mut() {
+            Some((_, compressor)) => compressor.compress(plain),
+            None => zstd::bulk::compress(plain, level),
+        }
+    })
+}
+
+fn decompress(packed: &[u8], capacity: usize) -> std::io::Result<Vec<u8>> {
+    DECOMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            *slot = Some(zstd::bulk::Decompressor::new()?);
+        }
+        match slot.as_mut() {
+            Some(decompressor) => decompressor.decompress(packed, capacity),
+            None => zstd::bulk::decompress(packed, capacity),
+        }
+    })
+}
+
 /// Compresses a chunk when that saves space; returns the codec used and the
 /// bytes to store.
-pub fn encode_chunk(plain: &[u8], compress: Option<i32>) -> (Codec, Vec<u8>) {
-    if let Some(level) = compress {
-        if let Ok(packed) = zstd::bulk::compress(plain, level) {
+pub fn encode_chunk(plain: &[u8], level: Option<i32>) -> (Codec, Vec<u8>) {
+    if let Some(level) = level {
+        if let Ok(packed) = compress(plain, level) {
             if packed.len() < plain.len() {
                 return (Codec::Zstd, packed);
             }
