@@ -10,7 +10,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::{FileExt, FileTypeExt};
+use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use super::disk::DiskCommand;
 use super::snapshot::{progress_bar, SnapshotCommand};
-use super::store_cmds::ExportArgs;
+use super::store_cmds::{open_export_output, ExportArgs};
 use super::Command;
 use snapfs::snapshot::names::{check_any_snapshot_name, check_disk_name, check_snapshot_name};
 use snapfs::store::lock;
@@ -187,21 +187,7 @@ fn export(mnt: &Path, args: ExportArgs) -> Result<()> {
         out.flush()?;
         return Ok(());
     }
-    let is_regular = std::fs::metadata(&args.output)
-        .map(|m| m.file_type().is_file())
-        .unwrap_or(true);
-    if std::fs::metadata(&args.output).is_ok_and(|m| m.file_type().is_block_device()) {
-        bail!(
-            "{} is a block device; export writes files or streams",
-            args.output.display()
-        );
-    }
-    let out = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(is_regular)
-        .open(&args.output)
-        .with_context(|| format!("cannot open {}", args.output.display()))?;
+    let (out, is_regular) = open_export_output(&args.output)?;
     if is_regular {
         copy_sparse(&image, &out, size).context("export failed")?;
         out.set_len(size)?;

@@ -102,27 +102,10 @@ pub fn export(store: &Store, args: ExportArgs) -> Result<()> {
             &mut progress,
         )
     } else {
-        let is_regular = std::fs::metadata(&args.output)
-            .map(|m| m.file_type().is_file())
-            .unwrap_or(true);
-        let is_device = std::fs::metadata(&args.output)
-            .map(|m| m.file_type().is_block_device())
-            .unwrap_or(false);
-        let file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(is_regular)
-            .open(&args.output)
-            .with_context(|| format!("cannot open {}", args.output.display()))?;
+        let (file, is_regular) = open_export_output(&args.output)?;
         if is_regular {
             export_image(store, &record, ExportTarget::File(&file), &mut progress)
         } else {
-            if is_device {
-                bail!(
-                    "{} is a block device; export writes files or streams (rollback will write devices)",
-                    args.output.display()
-                );
-            }
             let mut out: &File = &file;
             export_image(
                 store,
@@ -146,6 +129,27 @@ pub fn export(store: &Store, args: ExportArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Opens where an export goes: a regular file (created or truncated; the
+/// bool says so, and that it may be written sparse) or a stream such as a
+/// pipe. Block devices are refused: `rollback --to` writes those.
+pub fn open_export_output(path: &Path) -> Result<(File, bool)> {
+    let meta = std::fs::metadata(path).ok();
+    if meta.as_ref().is_some_and(|m| m.file_type().is_block_device()) {
+        bail!(
+            "{} is a block device; export writes files or streams (use rollback --to for devices)",
+            path.display()
+        );
+    }
+    let is_regular = meta.is_none_or(|m| m.file_type().is_file());
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(is_regular)
+        .open(path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    Ok((file, is_regular))
 }
 
 pub fn gc(store: &Store, args: GcArgs, out: &mut Output) -> Result<()> {
