@@ -136,7 +136,10 @@ pub fn export(store: &Store, args: ExportArgs) -> Result<()> {
 /// pipe. Block devices are refused: `rollback --to` writes those.
 pub fn open_export_output(path: &Path) -> Result<(File, bool)> {
     let meta = std::fs::metadata(path).ok();
-    if meta.as_ref().is_some_and(|m| m.file_type().is_block_device()) {
+    if meta
+        .as_ref()
+        .is_some_and(|m| m.file_type().is_block_device())
+    {
         bail!(
             "{} is a block device; export writes files or streams (use rollback --to for devices)",
             path.display()
