@@ -22,7 +22,7 @@ pub struct InitArgs {
     #[arg(long, value_name = "zstd|none", default_value = "zstd")]
     compression: Compression,
     /// zstd level: 1 is fastest, higher levels trade speed for space
-    #[arg(long, value_name = "LEVEL", default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..=19))]
+    #[arg(long, value_name = "LEVEL", default_value_t = 1, value_parser = clap::value_parser!(i32).range(1..=19))]
     level: i32,
 }
 

@@ -24,7 +24,7 @@ use crate::store::pack::{encode_chunk, Codec};
 use crate::store::{Ingest, Store};
 
 /// Bytes the reader asks for in one read.
-const READ_BATCH: u64 = 8 << 20;
+const READ_BATCH: u64 = 4 << 20;
 
 #[derive(Clone, Debug, Default)]
 pub struct Progress {
@@ -83,8 +83,23 @@ impl Default for CreateOptions<'_> {
     }
 }
 
-enum Work {
-    Data { chunk: u64, bytes: Vec<u8> },
+/// Consecutive chunks read in one go; whole batches travel between the
+/// threads, so the channels carry one message per READ_BATCH bytes.
+struct Batch {
+    first: u64,
+    buf: Vec<u8>,
+}
+
+/// What a worker found out about one chunk of a batch.
+enum Verdict {
+    Zero,
+    /// Already stored when the worker looked.
+    Known(ChunkHash),
+    New {
+        hash: ChunkHash,
+        codec: Codec,
+        stored: Vec<u8>,
+    },
 }
 
 enum Done {
@@ -93,19 +108,12 @@ enum Done {
         count: u64,
         bytes: u64,
     },
-    /// Already stored when a worker looked; the bytes ride along in case
-    /// gc removes it before the collector records the reference.
-    Known {
-        chunk: u64,
-        hash: ChunkHash,
-        bytes: Vec<u8>,
-    },
-    New {
-        chunk: u64,
-        hash: ChunkHash,
-        raw_len: u32,
-        codec: Codec,
-        stored: Vec<u8>,
+    /// The batch comes back with its verdicts: the collector may need the
+    /// bytes of a `Known` chunk (if gc removed it meanwhile), and then
+    /// hands the buffer back to the reader.
+    Batch {
+        batch: Batch,
+        verdicts: Vec<Verdict>,
     },
     Failed(Error),
 }
@@ -144,8 +152,10 @@ pub fn create_snapshot(
     let threads = options.threads.max(1);
 
     let outcome: Result<()> = std::thread::scope(|scope| {
-        let (work_tx, work_rx) = sync_channel::<Work>(threads * 2);
-        let (done_tx, done_rx) = sync_channel::<Done>(threads * 4);
+        let (work_tx, work_rx) = sync_channel::<Batch>(threads);
+        let (done_tx, done_rx) = sync_channel::<Done>(threads * 2);
+        // Buffers go round: reader -> workers -> collector -> reader.
+        let (free_tx, free_rx) = sync_channel::<Vec<u8>>(threads * 4);
         let work_rx = Arc::new(Mutex::new(work_rx));
         {
             let done_tx = done_tx.clone();
@@ -155,15 +165,12 @@ pub fn create_snapshot(
                     set_idle_io_priority();
                 }
                 let pace = Pace::new(options.max_rate);
-                read_source(
-                    source,
-                    chunk_size,
-                    work_tx,
-                    done_tx,
-                    stop,
-                    options.cancel,
-                    pace,
-                )
+                let channels = ReaderChannels {
+                    work: work_tx,
+                    done: done_tx,
+                    free: free_rx,
+                };
+                read_source(source, chunk_size, channels, stop, options.cancel, pace)
             });
         }
         for _ in 0..threads {
@@ -174,6 +181,7 @@ pub fn create_snapshot(
 
         let result = collect(
             &done_rx,
+            &free_tx,
             &mut ingest,
             &mut builder,
             &mut progress,
@@ -276,17 +284,24 @@ fn set_idle_io_priority() {
     }
 }
 
-/// Walks the source's data regions and hands chunks to the workers; whole
-/// chunks inside holes go straight to the collector as zero runs.
+struct ReaderChannels {
+    work: SyncSender<Batch>,
+    done: SyncSender<Done>,
+    free: Receiver<Vec<u8>>,
+}
+
+/// Walks the source's data regions and hands batches of chunks to the
+/// workers; whole chunks inside holes go straight to the collector as zero
+/// runs.
 fn read_source(
     source: &Source,
     chunk_size: u64,
-    work: SyncSender<Work>,
-    done: SyncSender<Done>,
+    channels: ReaderChannels,
     stop: &AtomicBool,
     cancel: Option<&AtomicBool>,
     mut pace: Pace,
 ) {
+    let ReaderChannels { work, done, free } = channels;
     let size = source.size();
     let chunks = size.div_ceil(chunk_size);
     let chunk_len = |chunk: u64| (size - chunk * chunk_size).min(chunk_size);
@@ -319,21 +334,17 @@ fn read_source(
             let batch = (READ_BATCH / chunk_size).max(1).min(last - chunk);
             let offset = chunk * chunk_size;
             let len = (batch * chunk_size).min(size - offset);
-            let mut buf = vec![0u8; len as usize];
+            // A returned buffer is already mapped: no page faults, no zeroing.
+            let mut buf = free.try_recv().unwrap_or_default();
+            buf.resize(len as usize, 0);
             if let Err(e) = source.read_exact_at(&mut buf, offset) {
                 let _ = done.send(Done::Failed(e));
                 return;
             }
             source.forget_range(offset, len);
             pace.after(len);
-            for (i, piece) in buf.chunks(chunk_size as usize).enumerate() {
-                let item = Work::Data {
-                    chunk: chunk + i as u64,
-                    bytes: piece.to_vec(),
-                };
-                if work.send(item).is_err() {
-                    return;
-                }
+            if work.send(Batch { first: chunk, buf }).is_err() {
+                return;
             }
             chunk += batch;
         }
@@ -344,46 +355,49 @@ fn read_source(
     }
 }
 
-fn process_chunks(store: &Store, work: &Mutex<Receiver<Work>>, done: &SyncSender<Done>) {
+fn process_chunks(store: &Store, work: &Mutex<Receiver<Batch>>, done: &SyncSender<Done>) {
+    let chunk_size = store.chunk_size() as usize;
     loop {
         let item = match work.lock() {
             Ok(rx) => rx.recv(),
             Err(_) => return,
         };
-        let Ok(Work::Data { chunk, bytes }) = item else {
+        let Ok(batch) = item else {
             return;
         };
-        let result = if is_all_zero(&bytes) {
-            Done::Zeros {
-                first: chunk,
-                count: 1,
-                bytes: bytes.len() as u64,
-            }
-        } else {
-            let hash = ChunkHash::of(&bytes);
-            match store.contains(&hash) {
-                Ok(true) => Done::Known { chunk, hash, bytes },
-                Ok(false) => {
-                    let (codec, stored) = encode_chunk(&bytes, store.config().zstd());
-                    Done::New {
-                        chunk,
-                        hash,
-                        raw_len: bytes.len() as u32,
-                        codec,
-                        stored,
+        let mut verdicts = Vec::with_capacity(batch.buf.len().div_ceil(chunk_size));
+        for piece in batch.buf.chunks(chunk_size) {
+            verdicts.push(if is_all_zero(piece) {
+                Verdict::Zero
+            } else {
+                let hash = ChunkHash::of(piece);
+                match store.contains(&hash) {
+                    Ok(true) => Verdict::Known(hash),
+                    Ok(false) => {
+                        let (codec, stored) = encode_chunk(piece, store.config().zstd());
+                        Verdict::New {
+                            hash,
+                            codec,
+                            stored,
+                        }
+                    }
+                    Err(e) => {
+                        let _ = done.send(Done::Failed(e));
+                        return;
                     }
                 }
-                Err(e) => Done::Failed(e),
-            }
-        };
-        if done.send(result).is_err() {
+            });
+        }
+        if done.send(Done::Batch { batch, verdicts }).is_err() {
             return;
         }
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn collect(
     done: &Receiver<Done>,
+    free: &SyncSender<Vec<u8>>,
     ingest: &mut Ingest,
     builder: &mut MapBuilder,
     progress: &mut Progress,
@@ -402,27 +416,44 @@ fn collect(
                 builder.set_zero_range(ingest, first, count)?;
                 progress.done_bytes += bytes;
             }
-            Done::Known { chunk, hash, bytes } => {
-                if !ingest.reference(&hash)? {
-                    let (codec, stored) = encode_chunk(&bytes, ingest.store().config().zstd());
-                    ingest.append(&hash, bytes.len() as u32, codec, &stored)?;
+            Done::Batch { batch, verdicts } => {
+                let chunk_size = ingest.store().chunk_size() as usize;
+                for (i, (verdict, piece)) in verdicts
+                    .into_iter()
+                    .zip(batch.buf.chunks(chunk_size))
+                    .enumerate()
+                {
+                    let chunk = batch.first + i as u64;
+                    let len = piece.len() as u64;
+                    progress.done_bytes += len;
+                    let hash = match verdict {
+                        Verdict::Zero => {
+                            builder.set_zero_range(ingest, chunk, 1)?;
+                            continue;
+                        }
+                        Verdict::Known(hash) => {
+                            if !ingest.reference(&hash)? {
+                                // gc removed it since the worker looked.
+                                let (codec, stored) =
+                                    encode_chunk(piece, ingest.store().config().zstd());
+                                ingest.append(&hash, len as u32, codec, &stored)?;
+                            }
+                            hash
+                        }
+                        Verdict::New {
+                            hash,
+                            codec,
+                            stored,
+                        } => {
+                            ingest.put_encoded(&hash, len as u32, codec, &stored)?;
+                            hash
+                        }
+                    };
+                    builder.set(ingest, chunk, hash)?;
+                    *nonzero_bytes += len;
                 }
-                let len = bytes.len() as u64;
-                builder.set(ingest, chunk, hash)?;
-                progress.done_bytes += len;
-                *nonzero_bytes += len;
-            }
-            Done::New {
-                chunk,
-                hash,
-                raw_len,
-                codec,
-                stored,
-            } => {
-                ingest.put_encoded(&hash, raw_len, codec, &stored)?;
-                builder.set(ingest, chunk, hash)?;
-                progress.done_bytes += raw_len as u64;
-                *nonzero_bytes += raw_len as u64;
+                // Full: the buffer is simply freed.
+                let _ = free.try_send(batch.buf);
             }
             Done::Failed(e) => return Err(e),
         }

@@ -86,7 +86,7 @@ impl Default for StoreConfig {
         StoreConfig {
             chunk_size: DEFAULT_CHUNK_SIZE,
             compression: Compression::Zstd,
-            zstd_level: 3,
+            zstd_level: 1,
         }
     }
 }
