@@ -64,8 +64,8 @@ umount "$work/old"
 
 step rm mnt/vm1/system/nightly
 rm "$work/mnt/vm1/system/nightly"
-step snapfs gc
-"$snapfs" gc
+step snapfs gc --min-dead 0
+"$snapfs" gc --min-dead 0
 step snapfs stats
 "$snapfs" stats
 step snapfs umount mnt
