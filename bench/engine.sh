@@ -208,6 +208,7 @@ report() {
         echo "Workload: ext4 in a $BENCH_DISK_SIZE sparse image, $(mb "$ALLOC_V1") MB allocated in v1, $(mb "$ALLOC_V2") MB in v2"
         echo "(BENCH_DATA_MB=$BENCH_DATA_MB). MB = 10^6 bytes; rates are allocated image data / wall time;"
         echo "every timed step starts with a dropped page cache. Store sizes are \`du -sb\` of the store/repository."
+        echo "Load average at start: $LOAD_START; at end: $(cut -d' ' -f1-3 /proc/loadavg) (shared machine: treat the numbers as rough)."
         echo
         print_table
         print_ratios
@@ -224,6 +225,7 @@ main() {
     if has_tool snapfs; then
         [[ -x $SNAPFS ]] || die "no snapfs binary at $SNAPFS (cargo build --release, or set SNAPFS)"
     fi
+    LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 
     build_workload
     ALLOC_V1=$(alloc_of "$WL/disk-v1.img")
@@ -232,6 +234,11 @@ main() {
     rm -rf "$RUN"
     mkdir -p "$LOG_DIR"
     MISMATCH=0
+    # Run a copy: others may rebuild target/release while this runs.
+    if has_tool snapfs; then
+        cp "$SNAPFS" "$RUN/snapfs"
+        SNAPFS="$RUN/snapfs"
+    fi
 
     has_tool read && bench_read
     if has_tool snapfs; then
