@@ -43,6 +43,8 @@ pub const MIN_CHUNK_SIZE: u32 = 64 << 10;
 pub const MAX_CHUNK_SIZE: u32 = 4 << 20;
 pub const DEFAULT_CHUNK_SIZE: u32 = 64 << 10;
 pub const DEFAULT_CACHE_BYTES: u64 = 256 << 20;
+/// Bytes of evicted chunk buffers kept for reuse.
+const SPARE_BUFFER_BYTES: u64 = 8 << 20;
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -148,6 +150,8 @@ pub struct Store {
     pub(crate) policies: sled::Tree,
     pack_files: Mutex<HashMap<u64, Arc<File>>>,
     cache: Mutex<LruCache<ChunkHash, Arc<Vec<u8>>>>,
+    /// Buffers of chunks evicted from the cache, reused for the next reads.
+    spare_buffers: Mutex<Vec<Vec<u8>>>,
     /// Serialises catalog changes that check a name and then write it.
     pub(crate) catalog_lock: Mutex<()>,
     /// What gc must treat as live besides the catalog (see gc.rs).
@@ -274,6 +278,7 @@ impl Store {
             db,
             pack_files: Mutex::new(HashMap::new()),
             cache: Mutex::new(LruCache::new(cache_entries(options.cache_bytes, config))),
+            spare_buffers: Mutex::new(Vec::new()),
             catalog_lock: Mutex::new(()),
             gc_coord: Mutex::new(GcCoordination::default()),
             gc_run: Mutex::new(()),
@@ -423,16 +428,34 @@ impl Store {
         if let Some(hit) = self.cache_lock().get(hash) {
             return Ok(hit.clone());
         }
-        let data = Arc::new(self.read_verified(hash)?);
-        self.cache_lock().put(*hash, data.clone());
+        let spare = self
+            .spare_buffers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop()
+            .unwrap_or_default();
+        let data = Arc::new(self.read_verified_into(hash, spare)?);
+        let evicted = self.cache_lock().push(*hash, data.clone());
+        // A chunk nobody else holds any more lends its buffer to the next read.
+        if let Some(buffer) = evicted.and_then(|(_, old)| Arc::try_unwrap(old).ok()) {
+            let mut spare = self.spare_buffers.lock().unwrap_or_else(|e| e.into_inner());
+            if (spare.len() as u64 + 1) * self.chunk_size() <= SPARE_BUFFER_BYTES {
+                spare.push(buffer);
+            }
+        }
         Ok(data)
     }
 
     /// Reads and verifies a chunk from its pack, bypassing the cache.
     pub fn read_verified(&self, hash: &ChunkHash) -> Result<Vec<u8>> {
+        self.read_verified_into(hash, Vec::new())
+    }
+
+    /// `read_verified`, decompressing into a recycled buffer.
+    fn read_verified_into(&self, hash: &ChunkHash, buffer: Vec<u8>) -> Result<Vec<u8>> {
         let location = self.locate(hash)?.ok_or(Error::MissingChunk(*hash))?;
         match self.pack_file(location.pack) {
-            Ok(file) => pack::read_record(&file, hash, &location),
+            Ok(file) => pack::read_record_into(&file, hash, &location, buffer),
             // gc may have moved the chunk between our lookup and the open.
             Err(_) => {
                 let location = self.locate(hash)?.ok_or(Error::MissingChunk(*hash))?;
