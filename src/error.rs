@@ -69,9 +69,6 @@ pub enum Error {
     #[error("source {path}: {why}")]
     Source { path: PathBuf, why: String },
 
-    #[error("store is full: {0}")]
-    NoSpace(String),
-
     #[error("corrupt chunk {hash} (pack {pack}, offset {offset}): {why}")]
     Corrupt {
         hash: ChunkHash,
@@ -106,7 +103,6 @@ impl Error {
                 Some(libc::ENOSPC) | Some(libc::EDQUOT) => libc::ENOSPC,
                 _ => libc::EIO,
             },
-            Error::NoSpace(_) => libc::ENOSPC,
             Error::InvalidName { .. } | Error::Invalid(_) => libc::EINVAL,
             Error::DiskNotFound(_) | Error::SnapshotNotFound { .. } => libc::ENOENT,
             Error::DiskExists(_) | Error::SnapshotExists { .. } | Error::StoreExists(_) => {

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use common::mount::Mount;
 use common::{
-    assert_same_file, assert_same_reader, fails, find_tool, need_fuse, need_root, ok,
-    overwrite_random, snapfs, write_random_file, Rng,
+    assert_same_file, assert_same_reader, fails, need_fuse, need_root, ok, overwrite_random,
+    snapfs, write_random_file, LoopDevice, Rng,
 };
 use tempfile::TempDir;
 
@@ -204,39 +204,6 @@ fn rollback_to_a_larger_file_truncates_it_and_a_smaller_one_grows() {
     assert_same_file(&smaller, &fx.expected);
 }
 
-/// A read-write loop device over `image`, detached on drop.
-struct RwLoop {
-    device: PathBuf,
-}
-
-impl RwLoop {
-    fn attach(image: &Path) -> RwLoop {
-        let losetup = find_tool("losetup").expect("losetup");
-        let out = Command::new(losetup)
-            .args(["-f", "--show"])
-            .arg(image)
-            .output()
-            .expect("run losetup");
-        assert!(
-            out.status.success(),
-            "losetup {} failed: {}",
-            image.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        RwLoop {
-            device: PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()),
-        }
-    }
-}
-
-impl Drop for RwLoop {
-    fn drop(&mut self) {
-        if let Some(losetup) = find_tool("losetup") {
-            let _ = Command::new(losetup).arg("-d").arg(&self.device).status();
-        }
-    }
-}
-
 /// The first `len` bytes of `path`.
 fn head(path: &Path, len: u64) -> Vec<u8> {
     let mut buf = vec![0u8; len as usize];
@@ -256,7 +223,7 @@ fn rollback_to_a_loop_device_equals_the_snapshot_and_leaves_the_rest() {
     write_random_file(&backing, SIZE + (4 << 20), &mut Rng::new(12));
     let tail_before = fs::read(&backing).expect("read")[SIZE as usize..].to_vec();
     {
-        let device = RwLoop::attach(&backing);
+        let device = LoopDevice::attach_read_write(&backing);
         let report = fx.rollback_to(&device.device);
         assert_eq!(report["target_kind"], "block-device");
         assert_eq!(field(&report, "untouched_tail"), 4 << 20);
@@ -282,7 +249,7 @@ fn rollback_to_a_loop_device_equals_the_snapshot_and_leaves_the_rest() {
     let small_copy = fx.path("small.copy");
     fs::copy(&small, &small_copy).expect("copy");
     {
-        let device = RwLoop::attach(&small);
+        let device = LoopDevice::attach_read_write(&small);
         let line = fails(
             snapfs(&fx.store)
                 .args(["rollback", "d", "before", "--yes", "--to"])
@@ -296,7 +263,7 @@ fn rollback_to_a_loop_device_equals_the_snapshot_and_leaves_the_rest() {
     overwrite_random(&fx.image, 0, 10, &mut Rng::new(14));
     let changed = fx.snapshot_of_image("changed.copy");
     {
-        let device = RwLoop::attach(&fx.image);
+        let device = LoopDevice::attach_read_write(&fx.image);
         let line = fails(snapfs(&fx.store).args(["rollback", "d", "before", "--yes"]));
         assert!(line.contains("in use"), "{line}");
         assert!(

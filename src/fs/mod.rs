@@ -91,6 +91,10 @@ pub struct Opened {
 /// write stays below its size; a snapshot name fits well below this.
 pub const CREATE_FILE_SIZE: u64 = 4096;
 
+/// Marks the handle numbers of `.create` and `.control`, whose requests
+/// may run for minutes (see `is_long_running`).
+const LONG_RUNNING_FH: u64 = 1 << 63;
+
 /// Runs one CLI request (the raw bytes written to `.control`) and returns
 /// the raw response; supplied by the binary.
 pub type ControlHandler = Box<dyn Fn(&[u8]) -> Vec<u8> + Send + Sync>;
@@ -412,7 +416,10 @@ impl SnapFs {
     }
 
     fn add_handle(&self, handle: Handle) -> u64 {
-        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        let mut fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        if matches!(handle, Handle::Create { .. } | Handle::Control { .. }) {
+            fh |= LONG_RUNNING_FH;
+        }
         self.handles
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -497,10 +504,8 @@ impl SnapFs {
     /// `.create` take a snapshot, the first read of `.control` runs a
     /// command.
     pub fn is_long_running(&self, fh: u64) -> bool {
-        matches!(
-            self.handle(fh).as_deref(),
-            Ok(Handle::Create { .. } | Handle::Control { .. })
-        )
+        // Told by the handle number itself: no lookup on every image read.
+        fh & LONG_RUNNING_FH != 0
     }
 
     pub fn release(&self, fh: u64) {

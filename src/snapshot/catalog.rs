@@ -10,6 +10,8 @@
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use sled::transaction::TransactionError;
+use sled::Transactional;
 
 use super::map::MapRoot;
 use super::names::{check_disk_name, check_snapshot_name};
@@ -135,13 +137,18 @@ impl Store {
                 name: protected.name.clone(),
             });
         }
-        let mut batch = sled::Batch::default();
-        for snapshot in &snapshots {
-            batch.remove(snapshot_key(name, snapshot.id));
+        // The disk and its snapshots go in one transaction.
+        let result: std::result::Result<(), TransactionError<()>> = (&self.snapshots, &self.disks)
+            .transaction(|(snapshot_tree, disk_tree)| {
+                for snapshot in &snapshots {
+                    snapshot_tree.remove(snapshot_key(name, snapshot.id))?;
+                }
+                disk_tree.remove(name)?;
+                Ok(())
+            });
+        if let Err(TransactionError::Storage(e)) = result {
+            return Err(Error::Db(e));
         }
-        (&self.snapshots, &self.disks)
-            .transaction_apply(batch, name)
-            .map_err(Error::Db)?;
         self.policies.remove(name)?;
         self.flush()
     }
@@ -234,29 +241,5 @@ impl Store {
         self.snapshots
             .insert(snapshot_key(disk, record.id), encode(&record)?)?;
         self.flush()
-    }
-}
-
-/// A batch on the snapshots tree plus the removal of one disk, applied in
-/// one transaction.
-trait ApplyWithDiskRemoval {
-    fn transaction_apply(&self, batch: sled::Batch, disk: &str) -> sled::Result<()>;
-}
-
-impl ApplyWithDiskRemoval for (&sled::Tree, &sled::Tree) {
-    fn transaction_apply(&self, batch: sled::Batch, disk: &str) -> sled::Result<()> {
-        use sled::transaction::TransactionError;
-        use sled::Transactional;
-        let result: std::result::Result<(), TransactionError<()>> =
-            self.transaction(|(snapshots, disks)| {
-                snapshots.apply_batch(&batch)?;
-                disks.remove(disk)?;
-                Ok(())
-            });
-        match result {
-            Ok(()) => Ok(()),
-            Err(TransactionError::Storage(e)) => Err(e),
-            Err(TransactionError::Abort(())) => Ok(()),
-        }
     }
 }

@@ -38,7 +38,6 @@ pub struct Ingest<'s> {
     written: HashMap<ChunkHash, Location>,
     /// Bytes appended to packs by this session.
     added_bytes: u64,
-    new_chunks: u64,
     committed: bool,
     /// Registration in the store's gc coordination (None for gc itself).
     session: Option<u64>,
@@ -67,7 +66,6 @@ impl<'s> Ingest<'s> {
             pending: Vec::new(),
             written: HashMap::new(),
             added_bytes: 0,
-            new_chunks: 0,
             committed: false,
         }
     }
@@ -78,10 +76,6 @@ impl<'s> Ingest<'s> {
 
     pub fn added_bytes(&self) -> u64 {
         self.added_bytes
-    }
-
-    pub fn new_chunks(&self) -> u64 {
-        self.new_chunks
     }
 
     /// Records that this session will reference `hash` and says whether the
@@ -147,7 +141,6 @@ impl<'s> Ingest<'s> {
         self.pending.push((*hash, location));
         self.written.insert(*hash, location);
         self.added_bytes += location.record_len();
-        self.new_chunks += 1;
         if writer.len() >= PACK_TARGET_SIZE {
             self.seal_pack()?;
             // Commit index entries per full pack so memory stays bounded on

@@ -712,8 +712,17 @@ pub struct LoopDevice {
 impl LoopDevice {
     /// Attaches `image` read-only (`losetup -r -f --show`).
     pub fn attach_read_only(image: &Path) -> LoopDevice {
+        LoopDevice::attach(image, &["-r", "-f", "--show"])
+    }
+
+    /// Attaches `image` read-write (`losetup -f --show`).
+    pub fn attach_read_write(image: &Path) -> LoopDevice {
+        LoopDevice::attach(image, &["-f", "--show"])
+    }
+
+    fn attach(image: &Path, args: &[&str]) -> LoopDevice {
         let out = Command::new(tool("losetup"))
-            .args(["-r", "-f", "--show"])
+            .args(args)
             .arg(image)
             .output()
             .expect("run losetup");
