@@ -528,7 +528,7 @@ fn removed_snapshot_stays_readable_while_open_even_through_gc() {
             break;
         }
         assert!(
-            started.elapsed() < Duration::from_secs(10),
+            started.elapsed() < Duration::from_secs(30),
             "gc never reclaimed the closed snapshot: {report}"
         );
         std::thread::sleep(Duration::from_millis(100));
@@ -1083,7 +1083,7 @@ fn daemon_mount_serves_when_it_returns_and_umount_ends_it() {
 
     let mnt = mount.path().to_path_buf();
     mount.unmount();
-    assert!(common::mount::wait_pid_gone(pid, Duration::from_secs(5)));
+    assert!(common::mount::wait_pid_gone(pid, Duration::from_secs(30)));
     assert!(!mnt.join(".control").exists());
     let rows = snapshot_rows(&fx.store, "d");
     assert_eq!(rows.len(), 1);
@@ -1117,7 +1117,7 @@ fn sigterm_cancels_the_running_snapshot_and_open_files_keep_working() {
     let started = Instant::now();
     while is_mounted(mount.path()) {
         assert!(
-            started.elapsed() < Duration::from_secs(10),
+            started.elapsed() < Duration::from_secs(30),
             "still mounted after SIGTERM; log:\n{}",
             mount.log_text()
         );

@@ -18,7 +18,7 @@ use tempfile::TempDir;
 use super::{detach_loops, snapfs, tool, MountGuard};
 
 /// How long a mount may take to serve.
-const READY_TIMEOUT: Duration = Duration::from_secs(10);
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long an unmount and the end of the mount process may take.
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 
