@@ -18,7 +18,8 @@
 //! `snapfs mount` process while a `.create` write, an rm or mv of an image
 //! file, or a CLI command routed through the mount runs, with the policy
 //! runner taking and expiring automatic snapshots of disk `p` beside it.
-//! The dead mount is unmounted and the next round mounts again. Every fifth
+//! A client cut off says in one line that the mount ended; `snapfs umount`
+//! clears the dead mount and the next round mounts again. Every fifth
 //! round runs gc over what the killed rounds left.
 //!
 //! SNAPFS_KILL_ROUNDS=<n> rounds per test (default 20);
@@ -639,8 +640,9 @@ fn cli_killed_at_random_points_leaves_a_consistent_store() {
 
 // ----------------------------------------------------------- mount kills
 
-const MOUNT_OPS: [&str; 8] = [
+const MOUNT_OPS: [&str; 9] = [
     "create-file",
+    "create-cli",
     "rm-file",
     "mv-file",
     "gc",
@@ -665,6 +667,19 @@ fn sh(script: &str) -> Command {
     let mut cmd = Command::new("sh");
     cmd.arg("-c").arg(script);
     cmd
+}
+
+/// A snapfs client whose mount was killed prints one line saying so (and,
+/// for a rollback, that the target may be half rolled back).
+fn assert_says_mount_gone(stderr: &str, rollback: bool, what: &str) {
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert!(
+        lines.len() == 1
+            && lines[0].starts_with("snapfs: ")
+            && lines[0].contains("ended before it answered")
+            && (!rollback || lines[0].contains("may be half rolled back")),
+        "{what}: the client must print one line saying that the mount ended, printed:\n{stderr}"
+    );
 }
 
 /// One round that kills the mount: returns a line saying what it did.
@@ -707,6 +722,16 @@ fn mount_round(world: &mut World, round: u32) -> String {
             let script = format!("echo {name} > {}", quoted(&folder.join(".create")));
             let after = world.with(&[key(D, &name)], &[]);
             (Some(sh(&script)), world.present.clone(), after)
+        }
+        "create-cli" => {
+            let name = format!("r{round:04}");
+            world
+                .content
+                .insert(key(D, &name), hash_file(&world.d_source));
+            let mut cmd = world.snapfs();
+            cmd.args(["snapshot", "create", D, &name]);
+            let after = world.with(&[key(D, &name)], &[]);
+            (Some(cmd), world.present.clone(), after)
         }
         "rm-file" => {
             let name = world.pick(&names).to_string();
@@ -788,16 +813,13 @@ fn mount_round(world: &mut World, round: u32) -> String {
     if before_kill.is_none() {
         world.record(op, true, None);
         if let Ended::Failed { stderr, .. } = &ended {
-            if matches!(op, "gc" | "rename" | "prune" | "rollback") {
-                // A snapfs client: one line saying what went wrong.
-                let lines: Vec<&str> = stderr.lines().collect();
-                assert!(
-                    lines.len() == 1 && lines[0].starts_with("snapfs: "),
-                    "{what}: the client must print one line \"snapfs: ...\", printed:\n{stderr}"
-                );
+            if matches!(op, "create-cli" | "gc" | "rename" | "prune" | "rollback") {
+                assert_says_mount_gone(stderr, op == "rollback", &what);
             }
         }
     }
+    // What the error line tells a person to do clears the dead mount.
+    ok(world.snapfs().arg("umount").arg(mount.path()));
     clear_dead_mount(mount.path());
     drop(mount);
     drop(proc);
