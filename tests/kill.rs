@@ -419,6 +419,67 @@ fn store_opens_after_a_kill_mid_sled_snapshot_write() {
     ok(snapfs(&store).args(["snapshot", "create", D, "after"]));
 }
 
+/// A snapshot larger than a pack commits the index entries of each full
+/// pack before its catalog commit. Killed after such a commit, it leaves
+/// chunks no snapshot reaches: no snapshot is listed, verify passes, gc
+/// reclaims every byte, and the snapshot can be taken again.
+#[test]
+fn snapshot_killed_after_committing_a_full_pack() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store = tmp.path().join("store");
+    let source = tmp.path().join("big.img");
+    // Random data does not compress: the first pack fills at 128 MiB.
+    write_random_file(&source, 160 << 20, &mut Rng::new(11));
+    ok(snapfs(&store).args(["init", "--chunk-size", "64K"]));
+    ok(snapfs(&store).args(["disk", "add", D]).arg(&source));
+
+    let mut create = snapfs(&store);
+    create.args(["snapshot", "create", D, "big"]);
+    let mut proc = Proc::spawn(&mut create, "snapfs snapshot create", tmp.path());
+    // A second pack file appears only after the first one was committed.
+    let packs = |store: &Path| {
+        fs::read_dir(store.join("packs"))
+            .map(|d| d.filter_map(|e| e.ok()).count())
+            .unwrap_or(0)
+    };
+    let deadline = Instant::now() + END_TIMEOUT;
+    while packs(&store) < 2 {
+        if let Some(ended) = proc.wait_until(Instant::now() + Duration::from_millis(1)) {
+            panic!("the snapshot ended before its second pack: {ended:?}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no second pack within {END_TIMEOUT:?}"
+        );
+    }
+    assert_eq!(proc.kill9(), Some(Ended::Killed), "killed mid-way");
+
+    assert_eq!(
+        ok(snapfs(&store).args(["snapshot", "list"]))
+            .lines()
+            .count(),
+        1,
+        "only the header: no snapshot listed"
+    );
+    ok(snapfs(&store).arg("verify"));
+    let stats = common::stats_json(&store);
+    assert!(
+        stats["record_bytes"].as_u64() >= Some(128 << 20),
+        "the full pack was committed: {stats}"
+    );
+    ok(snapfs(&store).args(["gc", "--min-dead", "0"]));
+    let stats = common::stats_json(&store);
+    assert_eq!(
+        stats["stored_bytes"].as_u64(),
+        Some(0),
+        "gc left bytes: {stats}"
+    );
+
+    ok(snapfs(&store).args(["snapshot", "create", D, "big"]));
+    ok(snapfs(&store).arg("verify"));
+    assert_eq!(export_hash(&store, D, "big"), hash_file(&source));
+}
+
 // ------------------------------------------------------------- CLI kills
 
 const CLI_OPS: [&str; 7] = [
@@ -640,7 +701,8 @@ fn cli_killed_at_random_points_leaves_a_consistent_store() {
 
 // ----------------------------------------------------------- mount kills
 
-const MOUNT_OPS: [&str; 9] = [
+const MOUNT_OPS: [&str; 10] = [
+    "mount-start",
     "create-file",
     "create-cli",
     "rm-file",
@@ -669,6 +731,31 @@ fn sh(script: &str) -> Command {
     cmd
 }
 
+/// Kills `snapfs mount` while it starts: opening the store (sled
+/// recovery, pack tails), mounting, starting the policy runner.
+fn mount_start_round(world: &mut World, round: u32, delay: Option<Duration>) -> String {
+    let what = format!("round {round}: mount-start, kill the mount after {delay:?}");
+    eprintln!("{what}");
+    let mnt = tempfile::Builder::new()
+        .prefix("snapfs-kill-mnt-")
+        .tempdir()
+        .expect("mountpoint");
+    let dir = world.tmp.path().to_path_buf();
+    let mut cmd = world.snapfs();
+    cmd.arg("mount").arg(mnt.path());
+    let mut proc = Proc::spawn(&mut cmd, "snapfs mount", &dir);
+    let until = Instant::now() + delay.unwrap_or(Duration::ZERO);
+    if let Some(ended) = proc.wait_until(until) {
+        panic!("{what}: the mount ended by itself: {ended:?}");
+    }
+    proc.kill9();
+    clear_dead_mount(mnt.path());
+    world.record("mount-start", true, None);
+    let unchanged = [world.present.clone()];
+    world.settle(&unchanged, &what);
+    what
+}
+
 /// A snapfs client whose mount was killed prints one line saying so (and,
 /// for a rollback, that the target may be half rolled back).
 fn assert_says_mount_gone(stderr: &str, rollback: bool, what: &str) {
@@ -692,11 +779,20 @@ fn mount_round(world: &mut World, round: u32) -> String {
         "policy-runner" => Some(Duration::from_millis(world.rng.below(3000))),
         _ => world.delay_for(op),
     };
+    if op == "mount-start" {
+        return mount_start_round(world, round, delay);
+    }
     let names = world.names_of(D);
     let dir = world.tmp.path().to_path_buf();
     let mut rollback = None;
 
+    let started = Instant::now();
     let mut mount = Mount::start(&world.store);
+    world
+        .durations
+        .entry("mount-start")
+        .or_default()
+        .push(started.elapsed());
     // The mount shows exactly the accomplished snapshots of d.
     let shown = files_in(&mount, D);
     let expected: Listing = world
