@@ -150,7 +150,7 @@ impl World {
         self.p_hash = hash_file(&self.p_source);
     }
 
-    /// Snapshots of `disk` listed now, oldest first by name order of ids.
+    /// Snapshots of `disk` listed now, in name order.
     fn names_of(&self, disk: &str) -> Vec<String> {
         self.present
             .iter()
@@ -206,7 +206,7 @@ impl World {
         let open = t.elapsed();
         for &op in ops {
             let guess = match op {
-                "create" | "create-file" | "rollback" => snapshot,
+                "create" | "create-file" | "create-cli" | "rollback" => snapshot,
                 _ => open,
             };
             self.durations.insert(op, vec![guess]);
@@ -229,7 +229,8 @@ impl World {
         self.present.remove(&key(disk, name));
     }
 
-    /// Keeps at most KEEP snapshots of `d`, and at least one.
+    /// Keeps at most KEEP snapshots of `d` (removing the first in name
+    /// order), and at least one.
     fn trim(&mut self, round: u32) {
         let names = self.names_of(D);
         for name in names.iter().take(names.len().saturating_sub(KEEP)) {
