@@ -915,7 +915,18 @@ fn mount_round(world: &mut World, round: u32) -> String {
             }
         }
     }
-    // What the error line tells a person to do clears the dead mount.
+    if round.is_multiple_of(4) {
+        // Mounting again over the dead mount says how to clear it.
+        let ran = common::run_timeout(world.snapfs().arg("mount").arg(mount.path()), END_TIMEOUT);
+        assert!(
+            ran.code == Some(1)
+                && ran.stderr.lines().count() == 1
+                && ran.stderr.contains("dead mount")
+                && ran.stderr.contains("snapfs umount"),
+            "{what}: mounting over a dead mount: {ran:?}"
+        );
+    }
+    // What the error lines tell a person to do clears the dead mount.
     ok(world.snapfs().arg("umount").arg(mount.path()));
     clear_dead_mount(mount.path());
     drop(mount);

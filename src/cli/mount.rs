@@ -108,8 +108,18 @@ pub fn mount(dir: &Path, args: MountArgs) -> Result<()> {
     let adapter = FuseAdapter::new(fs);
     let policies =
         scheduler::spawn(adapter.fs(), cancel.clone()).context("cannot start the policy runner")?;
-    let session = fuser::Session::new(adapter, &mountpoint, &config)
-        .with_context(|| format!("cannot mount on {}", mountpoint.display()))?;
+    let session = fuser::Session::new(adapter, &mountpoint, &config).map_err(|e| {
+        // A mount whose process was killed stays until someone unmounts it.
+        let hint = if e.raw_os_error() == Some(libc::ENOTCONN) {
+            format!(
+                " (a dead mount is in the way, its process gone; `snapfs umount {}` clears it)",
+                mountpoint.display()
+            )
+        } else {
+            String::new()
+        };
+        anyhow::Error::new(e).context(format!("cannot mount on {}{hint}", mountpoint.display()))
+    })?;
     let session = session.spawn().context("cannot start the filesystem")?;
     store.announce_mount(Some(&mountpoint))?;
     raise_readahead(&mountpoint);
