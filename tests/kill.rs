@@ -17,8 +17,9 @@
 //! `cli_killed_...` kills the CLI process; `mount_killed_...` kills the
 //! `snapfs mount` process while a `.create` write, an rm or mv of an image
 //! file, or a CLI command routed through the mount runs, with the policy
-//! runner taking and expiring automatic snapshots of disk `p` beside it.
-//! A client cut off says in one line that the mount ended; `snapfs umount`
+//! runner taking and expiring automatic snapshots of disk `p` beside it,
+//! or kills a `snapshot create` client of the mount first (the mount must
+//! keep answering). A client cut off says in one line that the mount ended; `snapfs umount`
 //! clears the dead mount and the next round mounts again. Every fifth
 //! round runs gc over what the killed rounds left.
 //!
@@ -206,7 +207,7 @@ impl World {
         let open = t.elapsed();
         for &op in ops {
             let guess = match op {
-                "create" | "create-file" | "create-cli" | "rollback" => snapshot,
+                "create" | "create-file" | "create-cli" | "client-kill" | "rollback" => snapshot,
                 _ => open,
             };
             self.durations.insert(op, vec![guess]);
@@ -702,10 +703,11 @@ fn cli_killed_at_random_points_leaves_a_consistent_store() {
 
 // ----------------------------------------------------------- mount kills
 
-const MOUNT_OPS: [&str; 10] = [
+const MOUNT_OPS: [&str; 11] = [
     "mount-start",
     "create-file",
     "create-cli",
+    "client-kill",
     "rm-file",
     "mv-file",
     "gc",
@@ -820,7 +822,7 @@ fn mount_round(world: &mut World, round: u32) -> String {
             let after = world.with(&[key(D, &name)], &[]);
             (Some(sh(&script)), world.present.clone(), after)
         }
-        "create-cli" => {
+        "create-cli" | "client-kill" => {
             let name = format!("r{round:04}");
             world
                 .content
@@ -900,10 +902,27 @@ fn mount_round(world: &mut World, round: u32) -> String {
         }
         None => std::thread::sleep(until.saturating_duration_since(Instant::now())),
     }
+    let mut client_end = None;
+    if op == "client-kill" && before_kill.is_none() {
+        // The client goes first; the mount keeps serving, and the snapshot
+        // it was asked for runs on or stops, until the mount is killed too.
+        client_end = proc.as_mut().and_then(|p| p.kill9());
+        let mut ls = Command::new("ls");
+        ls.arg(&folder);
+        let answered = Proc::spawn(&mut ls, "ls", &dir).wait(END_TIMEOUT, "its client was killed");
+        assert_eq!(
+            answered,
+            Ended::Succeeded,
+            "{what}: the mount stopped answering"
+        );
+        let more = world.delay_for("create-cli").unwrap_or_default();
+        std::thread::sleep(more);
+    }
     mount.kill9();
     let ended = match proc.as_mut() {
         Some(p) => before_kill
             .clone()
+            .or(client_end)
             .unwrap_or_else(|| p.wait(END_TIMEOUT, "the mount was killed")),
         None => Ended::Killed,
     };
