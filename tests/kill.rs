@@ -15,17 +15,23 @@
 //!   rollback completes"), and rolling back again makes it the snapshot.
 //!
 //! `cli_killed_...` kills the CLI process; `mount_killed_...` kills the
-//! `snapfs mount` process while a `.create` write, an rm or mv of an image
-//! file, or a CLI command routed through the mount runs, with the policy
-//! runner taking and expiring automatic snapshots of disk `p` beside it,
-//! or kills a `snapshot create` client of the mount first (the mount must
-//! keep answering). A client cut off says in one line that the mount ended; `snapfs umount`
-//! clears the dead mount and the next round mounts again. Every fifth
-//! round runs gc over what the killed rounds left.
+//! `snapfs mount` process while it starts, while a `.create` write, an rm
+//! or mv of an image file, or a CLI command routed through the mount runs,
+//! or after a `snapshot create` client of it was killed first (the mount
+//! must keep answering), with the policy runner taking and expiring
+//! automatic snapshots of disk `p` beside. A client cut off says in one
+//! line that the mount ended; `snapfs umount` clears the dead mount and the
+//! next round mounts again. Every fifth round runs gc over what the killed
+//! rounds left, and the end checks that gc leaves no dead byte in packs.
+//! Two more tests pin down single kill points: a leftover of sled's
+//! snapshot writer, and a snapshot killed after its first full pack commit.
 //!
-//! SNAPFS_KILL_ROUNDS=<n> rounds per test (default 20);
-//! SNAPFS_KILL_SEED=<n> replays a run: the seed and each round's
-//! operation and delay are printed (`-- --nocapture` shows them).
+//! SNAPFS_KILL_ROUNDS=<n> rounds per test (default 20, the CI size);
+//! SNAPFS_KILL_SEED=<n> replays a run's operations (both tests take it):
+//! `SNAPFS_KILL_SEED=<n> cargo test --release --test kill <test> --
+//! --nocapture` prints each round's operation and kill delay. Delays are
+//! drawn below the measured duration of each operation, so where a kill
+//! lands still follows the machine's speed.
 
 mod common;
 
