@@ -11,9 +11,10 @@ mod common;
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use common::kill::{run_killed_after, Ended};
 use common::{
     assert_same_reader, list_snapshots, ok, overwrite_random, run, seed_from_env, snapfs,
     write_random_file, Rng,
@@ -49,36 +50,21 @@ impl Crash {
     }
 
     /// Spawns `snapfs ARGS` and kills it with SIGKILL after `delay`
-    /// (unless it finished first). Returns whether it was killed.
+    /// (unless it finished first). Returns whether it was killed; a run
+    /// that fails on its own fails the test, with its output.
     fn kill_after(&mut self, args: &[&str], delay: Duration) -> bool {
-        let mut child: Child = snapfs(&self.store)
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn snapfs");
-        let deadline = Instant::now() + delay;
-        while Instant::now() < deadline {
-            if let Some(status) = child.try_wait().expect("wait") {
-                assert!(
-                    status.success(),
-                    "snapfs {args:?} failed on its own: {status}"
-                );
-                self.completed += 1;
-                return false;
-            }
-            std::thread::sleep(Duration::from_micros(500));
-        }
-        unsafe {
-            libc::kill(child.id() as libc::pid_t, libc::SIGKILL);
-        }
-        let status = child.wait().expect("wait");
-        if status.success() {
-            self.completed += 1;
-            false
-        } else {
+        let ended = run_killed_after(
+            snapfs(&self.store).args(args),
+            &format!("snapfs {}", args.join(" ")),
+            self.tmp.path(),
+            delay,
+        );
+        if ended == Ended::Killed {
             self.interrupted += 1;
             true
+        } else {
+            self.completed += 1;
+            false
         }
     }
 

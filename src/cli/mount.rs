@@ -76,8 +76,16 @@ pub fn mount(dir: &Path, args: MountArgs) -> Result<()> {
         .mountpoint
         .canonicalize()
         .with_context(|| format!("mountpoint {}", args.mountpoint.display()))?;
-    if !mountpoint.is_dir() {
-        bail!("mountpoint {} is not a folder", mountpoint.display());
+    match std::fs::metadata(&mountpoint) {
+        Ok(meta) if meta.is_dir() => {}
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+            bail!(
+                "cannot mount on {}{}",
+                mountpoint.display(),
+                dead_mount_hint(&mountpoint)
+            )
+        }
+        _ => bail!("mountpoint {} is not a folder", mountpoint.display()),
     }
     let config = fuse_config(&args)?;
 
@@ -108,8 +116,14 @@ pub fn mount(dir: &Path, args: MountArgs) -> Result<()> {
     let adapter = FuseAdapter::new(fs);
     let policies =
         scheduler::spawn(adapter.fs(), cancel.clone()).context("cannot start the policy runner")?;
-    let session = fuser::Session::new(adapter, &mountpoint, &config)
-        .with_context(|| format!("cannot mount on {}", mountpoint.display()))?;
+    let session = fuser::Session::new(adapter, &mountpoint, &config).map_err(|e| {
+        let hint = if e.raw_os_error() == Some(libc::ENOTCONN) {
+            dead_mount_hint(&mountpoint)
+        } else {
+            String::new()
+        };
+        anyhow::Error::new(e).context(format!("cannot mount on {}{hint}", mountpoint.display()))
+    })?;
     let session = session.spawn().context("cannot start the filesystem")?;
     store.announce_mount(Some(&mountpoint))?;
     raise_readahead(&mountpoint);
@@ -153,6 +167,15 @@ pub fn mount(dir: &Path, args: MountArgs) -> Result<()> {
     store.announce_mount(None)?;
     log::info!("unmounted {}", mountpoint.display());
     Ok(())
+}
+
+/// A mount whose process was killed stays (ENOTCONN) until someone
+/// unmounts it: say so, and how.
+fn dead_mount_hint(mountpoint: &Path) -> String {
+    format!(
+        " (a dead mount is in the way, its process gone; `snapfs umount {}` clears it)",
+        mountpoint.display()
+    )
 }
 
 /// The kernel offers FUSE only 128 KiB of read-ahead at init; a deeper

@@ -51,7 +51,20 @@ pub fn run(mnt: &Path, command: Command) -> Result<()> {
             max_rate: None,
         }) => create(mnt, &disk, &name),
         Command::Export(args) => export(mnt, args),
-        Command::Rollback(args) => control(mnt, args.control_args()?),
+        Command::Rollback(args) => control(mnt, args.control_args()?).map_err(|e| {
+            let target = args
+                .to
+                .as_deref()
+                .map_or(format!("disk {}", args.disk), |p| p.display().to_string());
+            cut_off(
+                e,
+                format!(
+                    "rollback to snapshot {} was cut off: {target} may be half rolled back \
+                     (neither the snapshot nor its former content); roll back again",
+                    args.snapshot
+                ),
+            )
+        }),
         // The mount resolves paths against its own working folder, not ours.
         Command::Disk(DiskCommand::Add { name, source }) => {
             let source = std::path::absolute(&source)
@@ -68,9 +81,74 @@ pub fn run(mnt: &Path, command: Command) -> Result<()> {
                 .map(|a| a.into_string())
                 .collect::<Result<Vec<String>, _>>()
                 .map_err(|a| anyhow::anyhow!("argument {a:?} is not UTF-8"))?;
-            control(mnt, args)
+            let what = format!("snapfs {} may not have been done", command_words(&args));
+            control(mnt, args).map_err(|e| cut_off(e, what))
         }
     }
+}
+
+/// The command's first words (`snapshot rename`, `gc`), for messages.
+fn command_words(args: &[String]) -> String {
+    let mut words = Vec::new();
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        if arg == "--store" {
+            args.next();
+        } else if arg.starts_with('-') || words.len() == 2 {
+            break;
+        } else {
+            words.push(arg.as_str());
+        }
+    }
+    words.join(" ")
+}
+
+/// Says what a command cut off by the end of the mount may have left.
+fn cut_off(e: anyhow::Error, consequence: String) -> anyhow::Error {
+    if e.is::<MountGone>() {
+        e.context(consequence)
+    } else {
+        e
+    }
+}
+
+/// The mount's process ended while it ran a command for us (killed or
+/// crashed): the command may or may not have taken effect.
+#[derive(Debug)]
+struct MountGone {
+    mnt: PathBuf,
+}
+
+impl std::fmt::Display for MountGone {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the mount at {} ended before it answered (its process is gone; \
+             `snapfs umount {}` clears it)",
+            self.mnt.display(),
+            self.mnt.display()
+        )
+    }
+}
+
+impl std::error::Error for MountGone {}
+
+fn is_mount_gone(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ENOTCONN) | Some(libc::ECONNABORTED)
+    )
+}
+
+/// Names a lost mount as such instead of by its errno.
+fn mount_error(mnt: &Path, e: std::io::Error, doing: String) -> anyhow::Error {
+    if is_mount_gone(&e) {
+        return MountGone {
+            mnt: mnt.to_path_buf(),
+        }
+        .into();
+    }
+    anyhow::Error::new(e).context(doing)
 }
 
 fn control(mnt: &Path, args: Vec<String>) -> Result<()> {
@@ -79,16 +157,22 @@ fn control(mnt: &Path, args: Vec<String>) -> Result<()> {
         .read(true)
         .write(true)
         .open(&path)
-        .with_context(|| format!("cannot reach the mount at {}", mnt.display()))?;
+        .map_err(|e| {
+            mount_error(
+                mnt,
+                e,
+                format!("cannot reach the mount at {}", mnt.display()),
+            )
+        })?;
     file.write_all(&serde_json::to_vec(&args)?)
-        .with_context(|| format!("writing {}", path.display()))?;
+        .map_err(|e| mount_error(mnt, e, format!("writing {}", path.display())))?;
     // The response is read from offset 0 of the same handle.
     let mut response = Vec::new();
     let mut buf = vec![0u8; 1 << 16];
     loop {
         let n = file
             .read_at(&mut buf, response.len() as u64)
-            .with_context(|| format!("reading {}", path.display()))?;
+            .map_err(|e| mount_error(mnt, e, format!("reading {}", path.display())))?;
         if n == 0 {
             break;
         }
@@ -110,10 +194,11 @@ fn control(mnt: &Path, args: Vec<String>) -> Result<()> {
 fn disk_folder(mnt: &Path, disk: &str) -> Result<PathBuf> {
     check_disk_name(disk)?;
     let folder = mnt.join(disk);
-    if !folder.is_dir() {
-        bail!("no disk named {disk}");
+    match std::fs::metadata(&folder) {
+        Ok(meta) if meta.is_dir() => Ok(folder),
+        Err(e) if is_mount_gone(&e) => Err(mount_error(mnt, e, String::new())),
+        _ => bail!("no disk named {disk}"),
     }
-    Ok(folder)
 }
 
 fn create(mnt: &Path, disk: &str, name: &str) -> Result<()> {
@@ -165,6 +250,9 @@ fn create(mnt: &Path, disk: &str, name: &str) -> Result<()> {
             }
             Ok(())
         }
+        Err(e) if is_mount_gone(&e) => Err(mount_error(mnt, e, String::new()).context(format!(
+            "snapshot {name} of disk {disk} may not have been taken"
+        ))),
         Err(e) => {
             let why = last_line
                 .and_then(|l| l.split_once(": ").map(|(_, why)| why.to_string()))

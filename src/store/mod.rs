@@ -241,6 +241,7 @@ impl Store {
         }
         let packs_dir = root.join("packs");
         fs::create_dir_all(&packs_dir).context(|| format!("creating {}", packs_dir.display()))?;
+        remove_interrupted_sled_snapshots(&root.join("db"))?;
         let db = sled::Config::new()
             .path(root.join("db"))
             .cache_capacity(32 << 20)
@@ -564,6 +565,31 @@ fn is_empty_or_half_made_store(root: &Path) -> Result<bool> {
         }
     }
     Ok(true)
+}
+
+/// Removes the `snap.*.generating` files that a process killed while sled
+/// wrote its snapshot leaves behind. sled 0.34 writes a snapshot to such a
+/// file, fsyncs it and only then renames it, so one still there was never
+/// complete; but sled's own open takes it for the newest snapshot and fails
+/// with "corrupted data" on every open after (spacejam/sled#1527). Without
+/// it, sled recovers from the previous snapshot and its log. We hold the
+/// store lock, so no other process is writing one.
+fn remove_interrupted_sled_snapshots(db_dir: &Path) -> Result<()> {
+    let entries = match fs::read_dir(db_dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        other => other.context(|| format!("listing {}", db_dir.display()))?,
+    };
+    for entry in entries {
+        let entry = entry.context(|| format!("listing {}", db_dir.display()))?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("snap.") && name.ends_with(".generating") {
+            let path = entry.path();
+            log::info!("removing the interrupted sled snapshot {}", path.display());
+            fs::remove_file(&path).context(|| format!("removing {}", path.display()))?;
+        }
+    }
+    Ok(())
 }
 
 fn check_format_file(root: &Path) -> Result<()> {
