@@ -224,3 +224,89 @@ pub fn chunk_of(path: &Path, chunk: u64) -> Vec<u8> {
     let start = (chunk * CHUNK) as usize;
     data[start..(start + CHUNK as usize).min(data.len())].to_vec()
 }
+
+/// What a snapshot must hold wherever it is read.
+#[derive(Clone, Debug)]
+pub struct Truth {
+    pub disk: String,
+    pub snapshot: String,
+    pub bytes: PathBuf,
+}
+
+/// Runs every reading command on a (possibly damaged) store: each must end
+/// within `COMMAND_TIMEOUT` with status 0 or 1 without panicking, a failure
+/// must say why on its last line, and an export that succeeds must write
+/// the true bytes. Returns how many exports succeeded.
+pub fn survey_cli(store: &Path, truths: &[Truth]) -> usize {
+    for args in [
+        &["snapshot", "list"][..],
+        &["disk", "list"],
+        &["stats"],
+        &["verify"],
+    ] {
+        check_status(&run_checked(store, args), args);
+    }
+    let mut exported = 0;
+    for truth in truths {
+        let args = ["export", &truth.disk, &truth.snapshot, "-o", "-"];
+        let ran = run_checked(store, &args);
+        check_status(&ran, &args);
+        if ran.code == Some(0) {
+            super::assert_bytes_equal_file(&ran.stdout_bytes, &truth.bytes, "successful export");
+            exported += 1;
+        }
+    }
+    exported
+}
+
+fn check_status(ran: &Ran, args: &[&str]) {
+    match ran.code {
+        Some(0) => {}
+        Some(1) => {
+            let last = ran.stderr.lines().last().unwrap_or_default();
+            assert!(
+                last.starts_with("snapfs: ") && last.len() > "snapfs: ".len(),
+                "snapfs {args:?} failed without a clear last line: {}",
+                ran.stderr
+            );
+        }
+        other => panic!("snapfs {args:?} exited with {other:?}: {}", ran.stderr),
+    }
+}
+
+/// Mounts the store if it can be mounted and reads every snapshot file
+/// through the mount: each read ends within `COMMAND_TIMEOUT`, and fails
+/// (EIO) or returns the true bytes. A mount that refuses to start must
+/// say why without panicking. Returns how many whole reads succeeded.
+pub fn survey_mount(store: &Path, truths: &[Truth]) -> usize {
+    let mount = match super::mount::Mount::try_start_with(store, &[]) {
+        Ok(mount) => mount,
+        Err(why) => {
+            assert!(!why.contains("panicked"), "the mount panicked: {why}");
+            return 0;
+        }
+    };
+    let mut read = 0;
+    for truth in truths {
+        let path = mount.disk(&truth.disk).join(&truth.snapshot);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(fs::read(path));
+        });
+        let result = rx.recv_timeout(COMMAND_TIMEOUT).unwrap_or_else(|_| {
+            panic!(
+                "reading {}/{} through the mount hung; log:\n{}",
+                truth.disk,
+                truth.snapshot,
+                mount.log_text()
+            )
+        });
+        if let Ok(bytes) = result {
+            super::assert_bytes_equal_file(&bytes, &truth.bytes, "read through the mount");
+            read += 1;
+        }
+    }
+    let log = mount.unmount();
+    assert!(!log.contains("panicked"), "the mount panicked: {log}");
+    read
+}
