@@ -90,6 +90,22 @@ fn map_page_pointing_to_missing_chunks_is_reported_at_each_offset() {
 }
 
 #[test]
+fn map_page_with_too_few_entries_is_reported() {
+    let fx = SharedChunks::new(32);
+    // A well-formed page of 5 entries for a map of 17 chunks.
+    replace_map_of_one(&fx.store, |entries| entries[..5].to_vec());
+    let ran = run_checked(&fx.store, &["verify", "d", "one"]);
+    assert_eq!(
+        ran.code,
+        Some(1),
+        "verify passed a short map: {}",
+        ran.stdout
+    );
+    assert!(!damage_lines(&ran).is_empty(), "{}", ran.stdout);
+    assert_eq!(survey_cli(&fx.store, &truths(&fx)), 2);
+}
+
+#[test]
 fn index_entry_with_absurd_length_fails_without_a_huge_allocation() {
     let fx = SharedChunks::new(34);
     let victim = ChunkHash::of(&common::damage::chunk_of(&fx.one, 5));
