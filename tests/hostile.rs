@@ -106,6 +106,28 @@ fn map_page_with_too_few_entries_is_reported() {
 }
 
 #[test]
+fn catalog_records_with_absurd_sizes_are_reported() {
+    let edits: [(&str, fn(&mut serde_json::Value)); 7] = [
+        ("size 2^63", |r| r["size"] = (1u64 << 63).into()),
+        ("size 0", |r| r["size"] = 0.into()),
+        ("2^60 chunks", |r| r["map"]["chunks"] = (1u64 << 60).into()),
+        ("height 0", |r| r["map"]["height"] = 0.into()),
+        ("height 200", |r| r["map"]["height"] = 200.into()),
+        ("chunk size 0", |r| r["chunk_size"] = 0.into()),
+        ("chunk size 3", |r| r["chunk_size"] = 3.into()),
+    ];
+    for (what, edit) in edits {
+        eprintln!("catalog record of d/one with {what}");
+        let fx = SharedChunks::new(33);
+        edit_snapshot_record(&fx.store, "one", edit);
+        let ran = run_checked(&fx.store, &["verify", "d", "one"]);
+        assert_eq!(ran.code, Some(1), "{what}: verify passed: {}", ran.stdout);
+        let exported = survey_cli(&fx.store, &truths(&fx));
+        assert!(exported <= 2, "{what}: the damaged snapshot exported");
+    }
+}
+
+#[test]
 fn index_entry_with_absurd_length_fails_without_a_huge_allocation() {
     let fx = SharedChunks::new(34);
     let victim = ChunkHash::of(&common::damage::chunk_of(&fx.one, 5));
