@@ -105,9 +105,11 @@ fn map_page_with_too_few_entries_is_reported() {
     assert_eq!(survey_cli(&fx.store, &truths(&fx)), 2);
 }
 
+type RecordEdit = fn(&mut serde_json::Value);
+
 #[test]
 fn catalog_records_with_absurd_sizes_are_reported() {
-    let edits: [(&str, fn(&mut serde_json::Value)); 7] = [
+    let edits: [(&str, RecordEdit); 7] = [
         ("size 2^63", |r| r["size"] = (1u64 << 63).into()),
         ("size 0", |r| r["size"] = 0.into()),
         ("2^60 chunks", |r| r["map"]["chunks"] = (1u64 << 60).into()),
