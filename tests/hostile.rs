@@ -188,3 +188,14 @@ fn hostile_map_is_an_error_through_the_mount() {
     assert_eq!(survey_mount(&fx.store, &truths(&fx)), 2);
     ok(snapfs(&fx.store).args(["verify", "f"]));
 }
+
+#[test]
+fn snapshot_with_a_damaged_record_can_still_be_removed() {
+    let fx = SharedChunks::new(36);
+    edit_snapshot_record(&fx.store, "one", |r| r["map"]["chunks"] = 3.into());
+    let line = common::fails(snapfs(&fx.store).args(["snapshot", "list"]));
+    assert!(line.contains("snapshot record one of disk d"), "{line}");
+    ok(snapfs(&fx.store).args(["snapshot", "rm", "d", "one"]));
+    ok(snapfs(&fx.store).arg("verify"));
+    assert_eq!(survey_cli(&fx.store, &truths(&fx)), 2);
+}

@@ -237,10 +237,22 @@ impl Store {
         Ok(())
     }
 
+    /// The record of `disk`/`name` as stored, without the consistency check.
+    fn unchecked_snapshot(&self, disk: &str, name: &str) -> Option<SnapshotRecord> {
+        self.snapshots
+            .scan_prefix(disk_prefix(disk))
+            .filter_map(|item| decode::<SnapshotRecord>("snapshot", &item.ok()?.1).ok())
+            .find(|s| s.name == name)
+    }
+
     /// Drops a snapshot from the catalog. Its chunks stay until gc.
     pub fn remove_snapshot(&self, disk: &str, name: &str) -> Result<SnapshotRecord> {
         let _guard = self.catalog_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let record = self.snapshot(disk, name)?;
+        let record = match self.snapshot(disk, name) {
+            // A record too damaged to read an image from can still go.
+            Err(e @ Error::BadMetadata(_)) => self.unchecked_snapshot(disk, name).ok_or(e)?,
+            other => other?,
+        };
         if record.protected {
             return Err(Error::Protected {
                 disk: disk.to_string(),
