@@ -72,3 +72,45 @@ fn map_page_layout_is_frozen() {
     assert_eq!(page.len(), 12 + 3 * 32);
     check_golden("map-page-v1.bin", &page);
 }
+
+#[test]
+fn damaged_chunk_marks_are_frozen() {
+    use snapfs::store::{Ingest, OpenOptions, Store};
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    let plain = b"a chunk that will be damaged".repeat(8);
+    let hash = {
+        let store = Store::open(&root, &OpenOptions::default()).unwrap();
+        let mut ingest = Ingest::new(&store);
+        let hash = ingest.put_plain(&plain).unwrap();
+        ingest.commit(&|_| Ok(())).unwrap();
+        hash
+    };
+    // Damage the record's last byte, then read it: the read marks it.
+    let pack = std::fs::read_dir(root.join("packs"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let mut bytes = std::fs::read(&pack).unwrap();
+    *bytes.last_mut().unwrap() ^= 1;
+    std::fs::write(&pack, bytes).unwrap();
+    {
+        let store = Store::open(&root, &OpenOptions::default()).unwrap();
+        assert!(store.read_verified(&hash).is_err());
+        store.flush().unwrap();
+    }
+    // FORMAT.md: tree `damaged`, key the 32-byte hash, value empty.
+    let db = sled::open(root.join("db")).unwrap();
+    let marks: Vec<(Vec<u8>, Vec<u8>)> = db
+        .open_tree("damaged")
+        .unwrap()
+        .iter()
+        .map(|item| {
+            let (key, value) = item.unwrap();
+            (key.to_vec(), value.to_vec())
+        })
+        .collect();
+    assert_eq!(marks, [(hash.0.to_vec(), Vec::new())]);
+}

@@ -13,10 +13,10 @@ use serde::{Deserialize, Serialize};
 use sled::transaction::TransactionError;
 use sled::Transactional;
 
-use super::map::MapRoot;
+use super::map::{height_for, MapRoot};
 use super::names::{check_disk_name, check_snapshot_name};
 use crate::error::{Error, Result};
-use crate::store::Store;
+use crate::store::{Store, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct DiskRecord {
@@ -44,6 +44,41 @@ pub struct SnapshotRecord {
     pub source: PathBuf,
     #[serde(default)]
     pub protected: bool,
+}
+
+impl SnapshotRecord {
+    /// Checks that sizes and map shape agree, so that no reader divides by
+    /// a zero chunk size or looks past what the map holds.
+    fn check(&self) -> Result<()> {
+        let chunk_size = self.chunk_size;
+        let why = if !chunk_size.is_power_of_two()
+            || !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&chunk_size)
+        {
+            format!("chunk size {chunk_size}")
+        } else if self.map.chunks != self.size.div_ceil(chunk_size as u64) {
+            format!(
+                "{} chunks for a size of {} bytes",
+                self.map.chunks, self.size
+            )
+        } else if self.map.height != height_for(self.map.chunks) {
+            format!(
+                "map height {} for {} chunks",
+                self.map.height, self.map.chunks
+            )
+        } else {
+            return Ok(());
+        };
+        Err(Error::BadMetadata(format!(
+            "snapshot record {} of disk {}: {why}",
+            self.name, self.disk
+        )))
+    }
+}
+
+fn decode_snapshot(bytes: &[u8]) -> Result<SnapshotRecord> {
+    let record: SnapshotRecord = decode("snapshot", bytes)?;
+    record.check()?;
+    Ok(record)
 }
 
 pub fn now_ms() -> i64 {
@@ -163,7 +198,7 @@ impl Store {
             None => self
                 .snapshots
                 .iter()
-                .map(|item| decode("snapshot", &item?.1))
+                .map(|item| decode_snapshot(&item?.1))
                 .collect(),
         }
     }
@@ -171,7 +206,7 @@ impl Store {
     fn snapshots_of(&self, disk: &str) -> Result<Vec<SnapshotRecord>> {
         self.snapshots
             .scan_prefix(disk_prefix(disk))
-            .map(|item| decode("snapshot", &item?.1))
+            .map(|item| decode_snapshot(&item?.1))
             .collect()
     }
 
@@ -202,10 +237,22 @@ impl Store {
         Ok(())
     }
 
+    /// The record of `disk`/`name` as stored, without the consistency check.
+    fn unchecked_snapshot(&self, disk: &str, name: &str) -> Option<SnapshotRecord> {
+        self.snapshots
+            .scan_prefix(disk_prefix(disk))
+            .filter_map(|item| decode::<SnapshotRecord>("snapshot", &item.ok()?.1).ok())
+            .find(|s| s.name == name)
+    }
+
     /// Drops a snapshot from the catalog. Its chunks stay until gc.
     pub fn remove_snapshot(&self, disk: &str, name: &str) -> Result<SnapshotRecord> {
         let _guard = self.catalog_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let record = self.snapshot(disk, name)?;
+        let record = match self.snapshot(disk, name) {
+            // A record too damaged to read an image from can still go.
+            Err(e @ Error::BadMetadata(_)) => self.unchecked_snapshot(disk, name).ok_or(e)?,
+            other => other?,
+        };
         if record.protected {
             return Err(Error::Protected {
                 disk: disk.to_string(),

@@ -159,6 +159,16 @@ impl<'s> MapReader<'s> {
         let page = self.store.get(&hash)?;
         let count = check_page(&page, &hash, level)?;
         let child_span = span / FANOUT;
+        // A page must cover exactly its part of the map: fewer entries
+        // would let a walk (verify, gc) pass over chunks a read needs.
+        let needed = (self.root.chunks.saturating_sub(first_chunk))
+            .div_ceil(child_span)
+            .min(FANOUT);
+        if count as u64 != needed {
+            return Err(Error::BadMetadata(format!(
+                "map page {hash} has {count} entries, the map needs {needed} there"
+            )));
+        }
         for index in 0..count {
             let entry = page_entry(&page, index);
             let first = first_chunk + index as u64 * child_span;

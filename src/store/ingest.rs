@@ -92,7 +92,10 @@ impl<'s> Ingest<'s> {
         if let Some(touched) = coord.touched.as_mut() {
             touched.insert(*hash);
         }
-        Ok(self.written.contains_key(hash) || self.store.contains(hash)?)
+        // A chunk known damaged counts as absent: the caller stores a
+        // fresh copy, which heals it (see damaged.rs).
+        Ok(self.written.contains_key(hash)
+            || (!self.store.damaged.is_marked(hash) && self.store.contains(hash)?))
     }
 
     /// Stores an encoded chunk unless the store already has it. Returns
@@ -183,27 +186,35 @@ impl<'s> Ingest<'s> {
         let store = self.store;
         let pending = &self.pending;
         let packs = &self.synced_packs;
-        let result = (&store.index, &store.packs, &store.snapshots, &store.disks).transaction(
-            |(index, pack_lens, snapshots, disks)| {
-                for (hash, location) in pending {
-                    index.insert(&hash.0, &location.encode())?;
-                }
-                for (id, len) in packs {
-                    pack_lens.insert(&id.to_be_bytes(), &len.to_le_bytes())?;
-                }
-                if let Some(change) = change {
-                    change(&CommitTrees {
-                        index,
-                        packs: pack_lens,
-                        snapshots,
-                        disks,
-                    })?;
-                }
-                Ok(())
-            },
+        let trees = (
+            &store.index,
+            &store.packs,
+            &store.snapshots,
+            &store.disks,
+            store.damaged.tree(),
         );
+        let result = trees.transaction(|(index, pack_lens, snapshots, disks, damaged)| {
+            for (hash, location) in pending {
+                index.insert(&hash.0, &location.encode())?;
+            }
+            let healed = store
+                .damaged
+                .clear_in(damaged, pending.iter().map(|(hash, _)| *hash))?;
+            for (id, len) in packs {
+                pack_lens.insert(&id.to_be_bytes(), &len.to_le_bytes())?;
+            }
+            if let Some(change) = change {
+                change(&CommitTrees {
+                    index,
+                    packs: pack_lens,
+                    snapshots,
+                    disks,
+                })?;
+            }
+            Ok(healed)
+        });
         match result {
-            Ok(()) => {}
+            Ok(healed) => store.damaged.forget(&healed),
             Err(TransactionError::Abort(e)) => return Err(e),
             Err(TransactionError::Storage(e)) => return Err(e.into()),
         }

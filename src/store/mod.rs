@@ -4,7 +4,7 @@
 //! ```text
 //! STORE/FORMAT        "snapfs store format 1": checked before sled opens
 //! STORE/lock          flock; names the holding pid (and mountpoint)
-//! STORE/db/           sled: meta, index, packs, disks, snapshots, policies
+//! STORE/db/           sled: meta, index, packs, disks, snapshots, policies, damaged
 //! STORE/packs/*.pack  append-only chunk records (see pack.rs)
 //! ```
 //!
@@ -13,6 +13,7 @@
 //! transaction, then sled is flushed. At open, bytes past a pack's committed
 //! length and packs with no committed length are removed.
 
+mod damaged;
 pub mod gc;
 mod ingest;
 pub mod lock;
@@ -148,6 +149,8 @@ pub struct Store {
     pub(crate) disks: sled::Tree,
     pub(crate) snapshots: sled::Tree,
     pub(crate) policies: sled::Tree,
+    /// Chunks whose stored copy is known bad (see damaged.rs).
+    pub(crate) damaged: damaged::DamagedChunks,
     pack_files: Mutex<HashMap<u64, Arc<File>>>,
     cache: Mutex<LruCache<ChunkHash, Arc<Vec<u8>>>>,
     /// Buffers of chunks evicted from the cache, reused for the next reads.
@@ -275,6 +278,7 @@ impl Store {
             disks: db.open_tree("disks")?,
             snapshots: db.open_tree("snapshots")?,
             policies: db.open_tree("policies")?,
+            damaged: damaged::DamagedChunks::load(db.open_tree("damaged")?)?,
             meta,
             db,
             pack_files: Mutex::new(HashMap::new()),
@@ -454,6 +458,16 @@ impl Store {
 
     /// `read_verified`, decompressing into a recycled buffer.
     fn read_verified_into(&self, hash: &ChunkHash, buffer: Vec<u8>) -> Result<Vec<u8>> {
+        let result = self.read_record_into(hash, buffer);
+        if let Err(e) = &result {
+            if is_damage(e) {
+                self.damaged.mark(hash);
+            }
+        }
+        result
+    }
+
+    fn read_record_into(&self, hash: &ChunkHash, buffer: Vec<u8>) -> Result<Vec<u8>> {
         let location = self.locate(hash)?.ok_or(Error::MissingChunk(*hash))?;
         match self.pack_file(location.pack) {
             Ok(file) => pack::read_record_into(&file, hash, &location, buffer),
@@ -542,6 +556,17 @@ impl Store {
             .keys()
             .copied()
             .collect()
+    }
+}
+
+/// True for a read error that means the stored copy of a chunk is bad (as
+/// opposed to a failing disk): its record does not verify, or its pack is
+/// short, missing or not a pack.
+fn is_damage(error: &Error) -> bool {
+    match error {
+        Error::Corrupt { .. } | Error::BadMetadata(_) => true,
+        Error::Io { source, .. } => source.kind() == std::io::ErrorKind::NotFound,
+        _ => false,
     }
 }
 

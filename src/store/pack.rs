@@ -221,6 +221,14 @@ pub fn read_record_into(
         offset: location.offset,
         why,
     };
+    // Chunks are at most MAX_CHUNK_SIZE and stored compressed only when
+    // that is smaller: a damaged index entry must not size an allocation.
+    if location.raw_len > super::MAX_CHUNK_SIZE || location.stored_len > location.raw_len {
+        return Err(corrupt(format!(
+            "impossible record length ({} stored, {} plain) in the index",
+            location.stored_len, location.raw_len
+        )));
+    }
     let mut record = vec![0u8; location.record_len() as usize];
     file.read_exact_at(&mut record, location.offset)
         .map_err(|e| match e.kind() {

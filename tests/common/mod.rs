@@ -9,6 +9,7 @@
 
 #![allow(dead_code)]
 
+pub mod damage;
 pub mod kill;
 pub mod mount;
 
