@@ -7,6 +7,7 @@
 
 use std::ffi::OsString;
 use std::io::Read;
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::io::FromRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -336,6 +337,7 @@ fn report_ready(fd: i32, store_root: &Path) {
     if let Ok(log) = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(snapfs::modes::PRIVATE_FILE)
         .open(&log_path)
     {
         use std::os::unix::io::AsRawFd;
@@ -359,10 +361,15 @@ fn start_daemon() -> Result<()> {
         .env(READY_FD_ENV, write_fd.to_string())
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null());
+    // The daemon starts with the user's umask, as this command did.
+    let user_umask = snapfs::modes::user_umask();
     unsafe {
         command.pre_exec(move || {
             libc::setsid();
             libc::close(read_fd);
+            if let Some(mask) = user_umask {
+                libc::umask(mask as libc::mode_t);
+            }
             Ok(())
         });
     }

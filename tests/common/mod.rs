@@ -9,6 +9,7 @@
 
 #![allow(dead_code)]
 
+pub mod hostile;
 pub mod mount;
 
 use std::fs::{self, File};
