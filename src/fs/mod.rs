@@ -24,7 +24,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::error::Error;
 use crate::image::{ImageReader, ReadData};
-use crate::snapshot::names::check_snapshot_name;
+use crate::snapshot::names::{check_snapshot_name, shown};
 use crate::snapshot::{create_snapshot, CreateOptions, DiskRecord, SnapshotRecord};
 use crate::store::Store;
 use inodes::InodeTable;
@@ -655,6 +655,8 @@ impl SnapFs {
                 .apply_text(text)
                 .and_then(|()| self.store.set_policy(disk, &policy))
         };
+        // One line in `.status` and the log, however long or many-lined.
+        let text = shown(&text.split_whitespace().collect::<Vec<_>>().join(" "));
         match result {
             Ok(()) => {
                 log::info!("policy of disk {disk} set to {text:?}");
@@ -671,6 +673,7 @@ impl SnapFs {
     }
 
     fn refuse(&self, disk: &str, name: &str, why: &str) {
+        let name = shown(name);
         log::warn!("refused snapshot {name:?} of disk {disk}: {why}");
         self.status.note(disk, &format!("refused {name:?}: {why}"));
     }
