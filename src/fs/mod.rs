@@ -91,6 +91,10 @@ pub struct Opened {
 /// write stays below its size; a snapshot name fits well below this.
 pub const CREATE_FILE_SIZE: u64 = 4096;
 
+/// The largest request `.control` takes: a command line, as JSON, is far
+/// smaller (the kernel caps a whole argv at 2 MiB, usually far less).
+pub const MAX_CONTROL_REQUEST: usize = 1 << 20;
+
 /// Marks the handle numbers of `.create` and `.control`, whose requests
 /// may run for minutes (see `is_long_running`).
 const LONG_RUNNING_FH: u64 = 1 << 63;
@@ -560,10 +564,15 @@ impl SnapFs {
                 Ok(data.len() as u32)
             }
             Handle::Control { request, response } => {
-                request
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .extend_from_slice(data);
+                {
+                    let mut request = request.lock().unwrap_or_else(|e| e.into_inner());
+                    // A writer that never stops must not fill the mount's memory.
+                    if request.len() + data.len() > MAX_CONTROL_REQUEST {
+                        return Err(FsError::new(libc::EFBIG));
+                    }
+                    request.extend_from_slice(data);
+                }
+                // Not under the request lock: `read` takes these the other way round.
                 *response.lock().unwrap_or_else(|e| e.into_inner()) = None;
                 Ok(data.len() as u32)
             }
