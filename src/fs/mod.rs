@@ -723,12 +723,13 @@ impl SnapFs {
     ) -> FsResult<()> {
         let parent_node = self.node(parent)?;
         let name = name_str(name)?;
-        let new_name = new_name.to_str().ok_or(FsError::new(libc::EINVAL))?;
         match self.child(&parent_node, name)? {
             Node::Snapshot { disk, .. } => {
+                // Leaving the folder is refused whatever the new name.
                 if parent != new_parent {
                     return Err(FsError::new(libc::EXDEV));
                 }
+                let new_name = new_name.to_str().ok_or(FsError::new(libc::EINVAL))?;
                 check_snapshot_name(new_name)?;
                 self.store.rename_snapshot(&disk, name, new_name)?;
                 log::info!("renamed snapshot {name} of disk {disk} to {new_name}");
