@@ -395,10 +395,39 @@ fn outside(fx: &Fixture) -> BTreeSet<PathBuf> {
 fn every_subcommand_refuses_hostile_arguments_cleanly_and_changes_nothing() {
     let fx = Fixture::new(256 << 10, 11);
     ok(snapfs(&fx.store).args(["snapshot", "create", "d", "s"]));
+    fuzz_cli(&fx, 40, "cli");
+}
+
+/// The same through a mount: commands go through `.create`, the snapshot
+/// files and `.control`, and run inside the mount process, which must
+/// neither panic nor let a name lead outside the mount.
+#[test]
+fn through_a_mount_every_subcommand_refuses_hostile_arguments_cleanly() {
+    if !common::need_fuse("through_a_mount_every_subcommand_refuses_hostile_arguments_cleanly") {
+        return;
+    }
+    let fx = Fixture::new(256 << 10, 13);
+    ok(snapfs(&fx.store).args(["snapshot", "create", "d", "s"]));
+    let mount = common::mount::Mount::start(&fx.store);
+    let parent = mount.path().parent().expect("parent").to_path_buf();
+    let beside = common::hostile::names_in(&parent);
+    fuzz_cli(&fx, 24, "cli through a mount");
+    assert!(
+        mount.pid().is_some(),
+        "the mount died; log:\n{}",
+        mount.log_text()
+    );
+    // The mount process works in this folder: relative paths must not land here.
+    assert_eq!(common::hostile::names_in(&parent), beside);
+    let log = mount.unmount();
+    assert!(!log.contains("panicked"), "the mount panicked:\n{log}");
+}
+
+fn fuzz_cli(fx: &Fixture, default_cases: u32, what: &str) {
     let base = fx.tmp.path().to_path_buf();
-    let baseline = std::cell::RefCell::new((state(&fx.store), outside(&fx)));
+    let baseline = std::cell::RefCell::new((state(&fx.store), outside(fx)));
     let counts = std::cell::RefCell::new([0usize; 3]);
-    runner(40)
+    runner(default_cases)
         .run(&invocation(base), |inv| {
             let mut inv = inv;
             // A help or version flag anywhere prints it and exits 0.
@@ -436,7 +465,7 @@ fn every_subcommand_refuses_hostile_arguments_cleanly_and_changes_nothing() {
                 counts.borrow_mut()[code.clamp(0, 2) as usize] += 1;
             }
             let mut baseline = baseline.borrow_mut();
-            let now = (state(&fx.store), outside(&fx));
+            let now = (state(&fx.store), outside(fx));
             if ran.code == Some(0) {
                 *baseline = now;
             } else {
@@ -455,7 +484,7 @@ fn every_subcommand_refuses_hostile_arguments_cleanly_and_changes_nothing() {
         })
         .unwrap_or_else(|e| panic!("{e}"));
     let [accepted, failed, usage] = *counts.borrow();
-    eprintln!("cli: {accepted} accepted, {failed} refused (1), {usage} usage errors (2)");
+    eprintln!("{what}: {accepted} accepted, {failed} refused (1), {usage} usage errors (2)");
 }
 
 /// The checks of the property are not vacuous: each outcome, once for sure.

@@ -208,6 +208,20 @@ fn a_mount_is_its_owners_unless_allow_other_and_then_read_only_to_others() {
     );
     mount.unmount();
 
+    // allow_root: the kernel lets everyone in, snapfs answers only root
+    // and the owner (here both are root).
+    let mount = Mount::start_with(&fx.store, &["-o", "allow_root"]);
+    open_parent(&mount);
+    assert_denied(
+        &as_nobody(Command::new("ls").arg(mount.disk("d"))),
+        "list a disk (allow_root)",
+    );
+    assert_denied(
+        &as_nobody(Command::new("cat").arg(mount.disk("d").join("s"))),
+        "read a snapshot (allow_root)",
+    );
+    mount.unmount();
+
     let mount = Mount::start_with(&fx.store, &["-o", "allow_other"]);
     open_parent(&mount);
     let disk = mount.disk("d");
