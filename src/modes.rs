@@ -54,16 +54,35 @@ pub fn give_user_mode(file: &File) -> io::Result<()> {
     }
 }
 
-/// Creates `dir` (and missing parents, with the usual modes) as a private
-/// folder; an existing folder is left as it is.
+/// Creates `dir` as a private folder; an existing folder is left as it is.
+/// Missing parents are the user's folders: they get the user's mode.
 pub fn create_private_dir(dir: &Path) -> io::Result<()> {
     if dir.is_dir() {
         return Ok(());
     }
     if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent)?;
+        create_user_dirs(parent)?;
     }
-    match DirBuilder::new().mode(PRIVATE_DIR).create(dir) {
+    create_dir(dir, PRIVATE_DIR)
+}
+
+fn create_user_dirs(dir: &Path) -> io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        create_user_dirs(parent)?;
+    }
+    create_dir(dir, 0o777)?;
+    match user_umask() {
+        // The process umask made it private: give it what the user's asks.
+        Some(mask) => std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777 & !mask)),
+        None => Ok(()),
+    }
+}
+
+fn create_dir(dir: &Path, mode: u32) -> io::Result<()> {
+    match DirBuilder::new().mode(mode).create(dir) {
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
         other => other,
     }

@@ -125,6 +125,13 @@ fn outputs_made_for_the_user_follow_the_users_umask() {
             fs::read(&fx.source).expect("read")
         );
     }
+    // A store's missing parent folders are the user's: 0777 minus the umask.
+    let nested = fx.path("a/b/store");
+    ok(with_umask(snapfs(&nested).arg("init"), 0o022));
+    assert_eq!(mode_of(&fx.path("a")), 0o755);
+    assert_eq!(mode_of(&fx.path("a/b")), 0o755);
+    assert_eq!(mode_of(&nested), 0o700);
+
     // An existing output keeps the mode its owner gave it.
     let existing = fx.path("existing.img");
     fs::write(&existing, b"old").expect("write");
