@@ -835,3 +835,52 @@ fn hostile_names_cannot_be_made_renamed_to_or_leave_their_folder() {
     world.check_catalog();
     world.mount.unmount();
 }
+
+/// Where a write lands in `.create` does not matter, nor how its bytes
+/// were gathered: each write(2), pwrite(2) or writev(2) is one name.
+#[test]
+fn create_takes_one_name_per_write_call_whatever_its_offset() {
+    if !need_fuse("create_takes_one_name_per_write_call_whatever_its_offset") {
+        return;
+    }
+    let mut world = World::new(7);
+    let file = OpenOptions::new()
+        .write(true)
+        .open(world.disk.join(".create"))
+        .expect("open .create");
+    for (name, offset) in [
+        ("at0", 0u64),
+        ("at100", 100),
+        ("at5000", 5000),
+        ("far", 1 << 40),
+    ] {
+        assert_eq!(
+            errno_of(file.write_at(format!("{name}\n").as_bytes(), offset)),
+            Ok(name.len() + 1),
+            "pwrite {name} at {offset}"
+        );
+        world.taken.insert(name.into());
+    }
+    let parts = [
+        std::io::IoSlice::new(b"gath"),
+        std::io::IoSlice::new(b"ered\n"),
+    ];
+    assert_eq!(errno_of((&file).write_vectored(&parts)), Ok(9), "writev");
+    world.taken.insert("gathered".into());
+    // Refused the same way wherever it lands.
+    assert_eq!(
+        errno_of(file.write_at(b"../x\n", 1 << 30)),
+        Err(libc::EINVAL)
+    );
+    drop(file);
+    let mut append = OpenOptions::new()
+        .append(true)
+        .open(world.disk.join(".create"))
+        .expect("open .create for appending");
+    assert_eq!(errno_of(append.write(b"appended")), Ok(8));
+    world.taken.insert("appended".into());
+    drop(append);
+    world.check_nothing_else().unwrap_or_else(|e| panic!("{e}"));
+    world.check_catalog();
+    world.mount.unmount();
+}
