@@ -316,6 +316,7 @@ fn create_takes_exactly_the_names_the_contract_allows() {
             check(results.len() == parts.len(), || {
                 format!("open failed: {results:?}")
             })?;
+            let mut last = None;
             for (part, result) in parts.iter().zip(results) {
                 let expected = match allowed_name(part) {
                     None => Err(libc::EINVAL),
@@ -337,7 +338,19 @@ fn create_takes_exactly_the_names_the_contract_allows() {
                         show(part)
                     )
                 })?;
+                last = Some(expected);
             }
+            // The last outcome is the last line of `.status`, saying why.
+            let status = fs::read_to_string(world.disk.join(".status")).expect(".status");
+            let line = status.lines().last().unwrap_or_default();
+            let says = match last {
+                Some(Ok(_)) => "accomplished",
+                Some(Err(libc::EEXIST)) => "already has a snapshot",
+                _ => "refused",
+            };
+            check(line.contains(says), || {
+                format!(".status ends with {line:?}, expected it to say {says:?}")
+            })?;
             world.check_nothing_else()?;
             world.thin_out();
             Ok(())
