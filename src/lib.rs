@@ -45,6 +45,7 @@ pub mod fs;
 pub mod fuse;
 pub mod hash;
 pub mod image;
+pub mod modes;
 pub mod policy;
 pub mod rollback;
 pub mod snapshot;

@@ -5,6 +5,9 @@ mod cli;
 use clap::Parser;
 
 fn main() {
+    // Every file of the store private, also those sled makes later on its
+    // own threads; outputs made for the user get the user's umask back.
+    snapfs::modes::make_process_private();
     // Chunk buffers (64 KiB and up) come from mmap and go back to the
     // system when freed: with many threads allocating and freeing chunks,
     // heap arenas would otherwise keep several times the cache in memory.

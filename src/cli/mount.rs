@@ -7,6 +7,7 @@
 
 use std::ffi::OsString;
 use std::io::Read;
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::io::FromRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -359,6 +360,7 @@ fn report_ready(fd: i32, store_root: &Path) {
     if let Ok(log) = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(snapfs::modes::PRIVATE_FILE)
         .open(&log_path)
     {
         use std::os::unix::io::AsRawFd;
@@ -382,10 +384,15 @@ fn start_daemon() -> Result<()> {
         .env(READY_FD_ENV, write_fd.to_string())
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null());
+    // The daemon starts with the user's umask, as this command did.
+    let user_umask = snapfs::modes::user_umask();
     unsafe {
         command.pre_exec(move || {
             libc::setsid();
             libc::close(read_fd);
+            if let Some(mask) = user_umask {
+                libc::umask(mask as libc::mode_t);
+            }
             Ok(())
         });
     }
@@ -439,10 +446,12 @@ pub fn umount(dir: &Path, args: UmountArgs) -> Result<()> {
     let path = std::ffi::CString::new(mountpoint.as_os_str().as_encoded_bytes())?;
     if unsafe { libc::umount2(path.as_ptr(), 0) } != 0 {
         let err = std::io::Error::last_os_error();
-        // Not root: fusermount may unmount a mount of our own.
+        // Not root: fusermount may unmount a mount of our own. Its own
+        // complaint stays quiet: ours below is the one line the user gets.
         let fallback = std::process::Command::new("fusermount3")
             .arg("-u")
             .arg(&mountpoint)
+            .stderr(std::process::Stdio::null())
             .status();
         if !fallback.is_ok_and(|s| s.success()) {
             bail!("cannot unmount {}: {err}", mountpoint.display());

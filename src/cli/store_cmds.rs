@@ -146,12 +146,17 @@ pub fn open_export_output(path: &Path) -> Result<(File, bool)> {
         );
     }
     let is_regular = meta.is_none_or(|m| m.file_type().is_file());
-    let file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(is_regular)
-        .open(path)
-        .with_context(|| format!("cannot open {}", path.display()))?;
+    let created = OpenOptions::new().write(true).create_new(true).open(path);
+    let file = match created {
+        // A new file: the mode the user's umask asks for, not the store's.
+        Ok(file) => snapfs::modes::give_user_mode(&file).map(|()| file),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => OpenOptions::new()
+            .write(true)
+            .truncate(is_regular)
+            .open(path),
+        Err(e) => Err(e),
+    }
+    .with_context(|| format!("cannot open {}", path.display()))?;
     Ok((file, is_regular))
 }
 

@@ -24,7 +24,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::error::Error;
 use crate::image::{ImageReader, ReadData};
-use crate::snapshot::names::check_snapshot_name;
+use crate::snapshot::names::{check_snapshot_name, shown};
 use crate::snapshot::{create_snapshot, CreateOptions, DiskRecord, SnapshotRecord};
 use crate::store::Store;
 use inodes::InodeTable;
@@ -90,6 +90,10 @@ pub struct Opened {
 /// for a whole write unless the file allows parallel direct writes and the
 /// write stays below its size; a snapshot name fits well below this.
 pub const CREATE_FILE_SIZE: u64 = 4096;
+
+/// The largest request `.control` takes: a command line, as JSON, is far
+/// smaller (the kernel caps a whole argv at 2 MiB, usually far less).
+pub const MAX_CONTROL_REQUEST: usize = 1 << 20;
 
 /// Marks the handle numbers of `.create` and `.control`, whose requests
 /// may run for minutes (see `is_long_running`).
@@ -560,10 +564,15 @@ impl SnapFs {
                 Ok(data.len() as u32)
             }
             Handle::Control { request, response } => {
-                request
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .extend_from_slice(data);
+                {
+                    let mut request = request.lock().unwrap_or_else(|e| e.into_inner());
+                    // A writer that never stops must not fill the mount's memory.
+                    if request.len() + data.len() > MAX_CONTROL_REQUEST {
+                        return Err(FsError::new(libc::EFBIG));
+                    }
+                    request.extend_from_slice(data);
+                }
+                // Not under the request lock: `read` takes these the other way round.
                 *response.lock().unwrap_or_else(|e| e.into_inner()) = None;
                 Ok(data.len() as u32)
             }
@@ -655,6 +664,8 @@ impl SnapFs {
                 .apply_text(text)
                 .and_then(|()| self.store.set_policy(disk, &policy))
         };
+        // One line in `.status` and the log, however long or many-lined.
+        let text = shown(&text.split_whitespace().collect::<Vec<_>>().join(" "));
         match result {
             Ok(()) => {
                 log::info!("policy of disk {disk} set to {text:?}");
@@ -671,6 +682,7 @@ impl SnapFs {
     }
 
     fn refuse(&self, disk: &str, name: &str, why: &str) {
+        let name = shown(name);
         log::warn!("refused snapshot {name:?} of disk {disk}: {why}");
         self.status.note(disk, &format!("refused {name:?}: {why}"));
     }
@@ -711,12 +723,13 @@ impl SnapFs {
     ) -> FsResult<()> {
         let parent_node = self.node(parent)?;
         let name = name_str(name)?;
-        let new_name = new_name.to_str().ok_or(FsError::new(libc::EINVAL))?;
         match self.child(&parent_node, name)? {
             Node::Snapshot { disk, .. } => {
+                // Leaving the folder is refused whatever the new name.
                 if parent != new_parent {
                     return Err(FsError::new(libc::EXDEV));
                 }
+                let new_name = new_name.to_str().ok_or(FsError::new(libc::EINVAL))?;
                 check_snapshot_name(new_name)?;
                 self.store.rename_snapshot(&disk, name, new_name)?;
                 log::info!("renamed snapshot {name} of disk {disk} to {new_name}");

@@ -11,6 +11,8 @@ use crate::units::{format_bytes, format_time_ms};
 
 /// Outcomes kept per disk.
 const RECENT: usize = 20;
+/// Characters kept of one outcome line.
+const MAX_LINE: usize = 1024;
 
 #[derive(Default)]
 pub struct StatusBoard {
@@ -113,6 +115,8 @@ impl StatusBoard {
 }
 
 fn push_recent(status: &mut DiskStatus, line: String) {
+    // Bounded whatever a writer sent: `.status` stays small and readable.
+    let line = crate::units::shortened(&line, MAX_LINE);
     if status.recent.len() == RECENT {
         status.recent.pop_front();
     }

@@ -64,7 +64,8 @@ impl KeepRules {
 }
 
 fn invalid(why: impl Into<String>) -> Error {
-    Error::Invalid(why.into())
+    // Messages quote the setting, which may be a megabyte written to `.policy`.
+    Error::Invalid(crate::units::shortened(&why.into(), 300))
 }
 
 /// `15m`, `2h`, `1d`, `30s`, `90` (seconds).

@@ -52,6 +52,7 @@ impl Target {
                     .write(true)
                     .create_new(true)
                     .open(path)
+                    .and_then(|file| crate::modes::give_user_mode(&file))
                     .map_err(|e| target_error(path, format!("cannot create: {e}")))?;
                 let meta = fs::metadata(path)
                     .map_err(|e| target_error(path, format!("cannot stat: {e}")))?;

@@ -8,10 +8,19 @@ pub const MAX_DISK_COMPONENT: usize = 64;
 /// Names starting with this are made by policies only.
 pub const AUTO_PREFIX: &str = "auto";
 
+/// How much of a name an error or a `.status` line repeats.
+const SHOWN_CHARS: usize = 64;
+
+/// `name` as messages show it: a megabyte written to `.create` must not be
+/// echoed into `.status`, the log and every error line.
+pub fn shown(name: &str) -> String {
+    crate::units::shortened(name, SHOWN_CHARS)
+}
+
 fn invalid(what: &'static str, name: &str, why: impl Into<String>) -> Error {
     Error::InvalidName {
         what,
-        name: name.to_string(),
+        name: shown(name),
         why: why.into(),
     }
 }
@@ -107,6 +116,17 @@ mod tests {
             assert!(check_snapshot_name(bad).is_err(), "{bad:?} accepted");
         }
         check_any_snapshot_name("auto-20261128-100000").unwrap();
+    }
+
+    #[test]
+    fn errors_repeat_only_the_start_of_a_long_name() {
+        let huge = "y".repeat(1 << 20);
+        let message = check_snapshot_name(&huge).unwrap_err().to_string();
+        assert!(message.len() < 300, "{} bytes", message.len());
+        assert!(message.contains(&"y".repeat(SHOWN_CHARS)) && message.contains("1048576 bytes"));
+        assert_eq!(shown("nightly"), "nightly");
+        // Cut at a character, not inside one.
+        assert!(shown(&"é".repeat(100)).starts_with(&"é".repeat(SHOWN_CHARS)));
     }
 
     #[test]

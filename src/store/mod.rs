@@ -22,7 +22,7 @@ pub mod pack;
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::num::NonZeroUsize;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -224,7 +224,8 @@ impl Store {
             });
         }
         if !root.exists() {
-            fs::create_dir_all(root).context(|| format!("creating store {}", root.display()))?;
+            crate::modes::create_private_dir(root)
+                .context(|| format!("creating store {}", root.display()))?;
         }
         if !format_path.exists() && !is_empty_or_half_made_store(root)? {
             return Err(Error::NotAStore {
@@ -236,17 +237,22 @@ impl Store {
         let fresh = !format_path.exists();
         if fresh {
             // Chunks of people's disks: readable by the owner only.
-            fs::set_permissions(root, fs::Permissions::from_mode(0o700))
+            fs::set_permissions(root, fs::Permissions::from_mode(crate::modes::PRIVATE_DIR))
                 .context(|| format!("setting permissions of {}", root.display()))?;
         }
         if !fresh {
             check_format_file(root)?;
         }
         let packs_dir = root.join("packs");
-        fs::create_dir_all(&packs_dir).context(|| format!("creating {}", packs_dir.display()))?;
-        remove_interrupted_sled_snapshots(&root.join("db"))?;
+        crate::modes::create_private_dir(&packs_dir)
+            .context(|| format!("creating {}", packs_dir.display()))?;
+        // sled would make its folder with the umask's mode.
+        let db_dir = root.join("db");
+        crate::modes::create_private_dir(&db_dir)
+            .context(|| format!("creating {}", db_dir.display()))?;
+        remove_interrupted_sled_snapshots(&db_dir)?;
         let db = sled::Config::new()
-            .path(root.join("db"))
+            .path(db_dir)
             .cache_capacity(32 << 20)
             .open()?;
         let meta = db.open_tree("meta")?;
@@ -642,8 +648,16 @@ fn check_format_file(root: &Path) -> Result<()> {
 fn write_format_file(root: &Path) -> Result<()> {
     let tmp = root.join("FORMAT.tmp");
     let text = format!("{FORMAT_PREFIX}{FORMAT_VERSION}\n");
-    fs::write(&tmp, text)
-        .and_then(|_| File::open(&tmp)?.sync_all())
+    fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(crate::modes::PRIVATE_FILE)
+        .open(&tmp)
+        .and_then(|mut file| {
+            std::io::Write::write_all(&mut file, text.as_bytes())?;
+            file.sync_all()
+        })
         .and_then(|_| fs::rename(&tmp, root.join(FORMAT_FILE)))
         .and_then(|_| File::open(root)?.sync_all())
         .context(|| format!("writing {}", root.join(FORMAT_FILE).display()))
