@@ -9,6 +9,7 @@
 
 #![allow(dead_code)]
 
+pub mod faults;
 pub mod mount;
 
 use std::fs::{self, File};
