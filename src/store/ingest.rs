@@ -12,7 +12,7 @@ use sled::transaction::{
 use sled::Transactional;
 
 use super::pack::{self, Codec, Location, PackWriter, PACK_TARGET_SIZE};
-use super::Store;
+use super::{gc, Store};
 use crate::error::{Error, Result};
 use crate::hash::ChunkHash;
 
@@ -38,6 +38,9 @@ pub struct Ingest<'s> {
     written: HashMap<ChunkHash, Location>,
     /// Bytes appended to packs by this session.
     added_bytes: u64,
+    /// Packs committed before the final commit (one per full pack): a
+    /// session that fails afterwards hands them back (see Drop).
+    committed_early: Vec<u64>,
     committed: bool,
     /// Registration in the store's gc coordination (None for gc itself).
     session: Option<u64>,
@@ -66,6 +69,7 @@ impl<'s> Ingest<'s> {
             pending: Vec::new(),
             written: HashMap::new(),
             added_bytes: 0,
+            committed_early: Vec::new(),
             committed: false,
         }
     }
@@ -208,6 +212,10 @@ impl<'s> Ingest<'s> {
             Err(TransactionError::Storage(e)) => return Err(e.into()),
         }
         store.flush()?;
+        if change.is_none() {
+            self.committed_early
+                .extend(self.synced_packs.iter().map(|(id, _)| *id));
+        }
         self.pending.clear();
         self.synced_packs.clear();
         Ok(())
@@ -217,8 +225,11 @@ impl<'s> Ingest<'s> {
 impl Drop for Ingest<'_> {
     /// An uncommitted session leaves nothing in its packs past what was
     /// committed: the open writer's file is cut back or removed now rather
-    /// than at the next open.
+    /// than at the next open. A failed snapshot must not cost space either:
+    /// the packs it committed early go too, unless something now reaches
+    /// their chunks (gc decides, once this session no longer counts).
     fn drop(&mut self) {
+        let snapshot_session = self.session.is_some();
         self.unregister();
         if self.committed {
             return;
@@ -239,6 +250,13 @@ impl Drop for Ingest<'_> {
                     }
                 }
                 Err(_) => {}
+            }
+        }
+        // gc's own session is unregistered: its early packs hold chunks it
+        // moved, which are live.
+        if snapshot_session && !self.committed_early.is_empty() {
+            if let Err(e) = gc::reclaim_packs(self.store, &self.committed_early) {
+                log::info!("cannot reclaim the packs of a failed snapshot (snapfs gc will): {e}");
             }
         }
     }
