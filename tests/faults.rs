@@ -122,7 +122,11 @@ fn full_store_fails_the_snapshot_keeps_old_ones_and_recovers_after_gc() {
         let before = store_state(store);
 
         let line = fails(snapfs(store).args(["snapshot", "create", "new", "n1"]));
-        assert!(line.contains("No space left on device"), "{line}");
+        // The packs stop while the database still has room.
+        assert!(
+            line.contains("No space left on device") && line.contains("free for the database"),
+            "{line}"
+        );
         assert_eq!(
             store_state(store),
             before,
@@ -228,6 +232,50 @@ fn full_store_fails_create_with_enospc_in_the_mount_and_recovers() {
         mount.unmount();
         assert_eq!(listed(store), [pair("new", "n1")]);
         ok_within(snapfs(store).arg("verify"));
+    }
+}
+
+/// The store's filesystem fills up just as a snapshot's first full pack
+/// is committed: the database must not be the one that hits ENOSPC (sled
+/// keeps such an error for the rest of the process), so once space is
+/// freed the same mount takes the snapshot.
+#[test]
+fn mount_takes_snapshots_again_once_a_full_store_has_room() {
+    if !need_fuse("mount_takes_snapshots_again_once_a_full_store_has_room") {
+        return;
+    }
+    for round in 0..rounds() {
+        eprintln!("round {round}");
+        let setup = full_store_setup(250 + round);
+        let mount = Mount::start(&setup.store);
+        let new_dir = mount.disk("new");
+        // Room for one pack (128 MiB) and hardly more.
+        let filler = fill_up_leaving(setup.fs.path(), 128 * MIB + 256 * 1024);
+        let result = within(STEP, "snapshot n1 on a full store", {
+            let new_dir = new_dir.clone();
+            move || write_create(&new_dir, "n1")
+        });
+        assert_eq!(result, Err(libc::ENOSPC), ".status:\n{}", status(&new_dir));
+        let text = status(&new_dir);
+        assert!(
+            text.lines()
+                .any(|l| l.contains("failed n1") && l.contains("free for the database")),
+            "the packs, not the database, must be the ones to run out of room:\n{text}"
+        );
+        fs::remove_file(&filler).expect("remove filler");
+        within(STEP, "snapshot n1 once there is room", {
+            let new_dir = new_dir.clone();
+            move || write_create(&new_dir, "n1")
+        })
+        .unwrap_or_else(|errno| {
+            panic!(
+                "snapshot n1 after freeing space failed with errno {errno}:\n{}",
+                status(&new_dir)
+            )
+        });
+        assert_same_file(&new_dir.join("n1"), &setup.new);
+        mount.unmount();
+        ok_within(snapfs(&setup.store).arg("verify"));
     }
 }
 

@@ -12,9 +12,12 @@ use sled::transaction::{
 use sled::Transactional;
 
 use super::pack::{self, Codec, Location, PackWriter, PACK_TARGET_SIZE};
-use super::{gc, Store};
+use super::{gc, space, Store};
 use crate::error::{Error, Result};
 use crate::hash::ChunkHash;
+
+/// Most bytes a session appends between two looks at the free space.
+const SPACE_CHECK_EVERY: u64 = 8 << 20;
 
 /// The trees a commit may change besides the new index entries.
 pub struct CommitTrees<'t> {
@@ -38,6 +41,8 @@ pub struct Ingest<'s> {
     written: HashMap<ChunkHash, Location>,
     /// Bytes appended to packs by this session.
     added_bytes: u64,
+    /// Bytes that may be appended before the free space is checked again.
+    unchecked_room: u64,
     /// Packs committed before the final commit (one per full pack): a
     /// session that fails afterwards hands them back (see Drop).
     committed_early: Vec<u64>,
@@ -70,6 +75,7 @@ impl<'s> Ingest<'s> {
             written: HashMap::new(),
             added_bytes: 0,
             committed_early: Vec::new(),
+            unchecked_room: 0,
             committed: false,
         }
     }
@@ -134,6 +140,15 @@ impl<'s> Ingest<'s> {
         codec: Codec,
         stored: &[u8],
     ) -> Result<()> {
+        // Look at the free space every few MiB, and at every record once
+        // it runs low (half the room left may be written before the next
+        // look, since other writers share the filesystem).
+        let need = pack::PACK_HEADER_LEN + pack::RECORD_HEADER_LEN as u64 + stored.len() as u64;
+        if self.unchecked_room < need {
+            let room = space::check_room(self.store.packs_dir(), need)?;
+            self.unchecked_room = need + (room / 2).min(SPACE_CHECK_EVERY);
+        }
+        self.unchecked_room -= need;
         if self.writer.is_none() {
             let id = self.store.new_pack_id()?;
             self.writer = Some(PackWriter::create(self.store.packs_dir(), id)?);

@@ -17,6 +17,7 @@ pub mod gc;
 mod ingest;
 pub mod lock;
 pub mod pack;
+mod space;
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
