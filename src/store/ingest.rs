@@ -180,6 +180,7 @@ impl<'s> Ingest<'s> {
     /// Makes everything durable and applies `change` to the catalog in the
     /// same transaction.
     pub fn commit(mut self, change: &CatalogChange<'_>) -> Result<()> {
+        self.store.check_still_there()?;
         self.seal_pack()?;
         self.commit_inner(Some(change))?;
         self.committed = true;
