@@ -14,8 +14,10 @@ fn main() {
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 64 * 1024);
     }
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn,fuser=error"))
-        .init();
+    env_logger::Builder::from_env(
+        env_logger::Env::default().default_filter_or("warn,fuser=error,sled=off"),
+    )
+    .init();
     // Usage errors exit with status 2 (clap's default).
     let args = cli::Cli::parse();
     if let Err(err) = cli::run(args) {

@@ -446,10 +446,11 @@ pub fn umount(dir: &Path, args: UmountArgs) -> Result<()> {
     let path = std::ffi::CString::new(mountpoint.as_os_str().as_encoded_bytes())?;
     if unsafe { libc::umount2(path.as_ptr(), 0) } != 0 {
         let err = std::io::Error::last_os_error();
-        // Not root: fusermount may unmount a mount of our own. Its own
-        // complaint stays quiet: ours below is the one line the user gets.
+        // Not root: fusermount may unmount a mount of our own. Quietly:
+        // our own line below says why, once.
         let fallback = std::process::Command::new("fusermount3")
             .arg("-u")
+            .arg("-q")
             .arg(&mountpoint)
             .stderr(std::process::Stdio::null())
             .status();

@@ -55,9 +55,22 @@ struct Retired {
 /// `min_dead_percent` of it is dead, so that a little garbage does not cost
 /// a copy of a large pack; packs with no live chunk always go.
 pub fn gc(store: &Store, min_dead_percent: u8) -> Result<GcReport> {
+    run(store, min_dead_percent, None)
+}
+
+/// Removes those of packs `ids` that nothing reaches any more (the packs a
+/// failed snapshot committed before it failed): a gc pass that looks at
+/// these packs only and never rewrites one.
+pub(crate) fn reclaim_packs(store: &Store, ids: &[u64]) -> Result<GcReport> {
+    let only: HashSet<u64> = ids.iter().copied().collect();
+    run(store, 100, Some(&only))
+}
+
+/// A gc pass over every pack, or over the packs in `only`.
+fn run(store: &Store, min_dead_percent: u8, only: Option<&HashSet<u64>>) -> Result<GcReport> {
     let _one_at_a_time = store.gc_run.lock().unwrap_or_else(|e| e.into_inner());
     let session_refs = start_tracking(store);
-    let result = sweep(store, min_dead_percent, session_refs);
+    let result = sweep(store, min_dead_percent, session_refs, only);
     // On every path out: stop collecting touched hashes.
     store
         .gc_coord
@@ -74,11 +87,19 @@ fn start_tracking(store: &Store) -> Vec<ChunkHash> {
     coord.sessions.values().flatten().copied().collect()
 }
 
-fn sweep(store: &Store, min_dead_percent: u8, session_refs: Vec<ChunkHash>) -> Result<GcReport> {
+fn sweep(
+    store: &Store,
+    min_dead_percent: u8,
+    session_refs: Vec<ChunkHash>,
+    only: Option<&HashSet<u64>>,
+) -> Result<GcReport> {
     let live = mark(store, session_refs)?;
     // The packs to consider are those committed before the index scan: a
     // pack committed later has index entries the scan may have missed.
-    let packs = committed_packs(store)?;
+    let mut packs = committed_packs(store)?;
+    if let Some(only) = only {
+        packs.retain(|(id, _)| only.contains(id));
+    }
     let mut usage = pack_usage(store, &live)?;
 
     let mut report = GcReport {
@@ -116,10 +137,14 @@ fn sweep(store: &Store, min_dead_percent: u8, session_refs: Vec<ChunkHash>) -> R
     // Index entries of packs we do not consider: a lost pack's, or those of
     // a pack committed during this pass, which its session's references
     // (live or touched) protect.
-    let orphans: Vec<ChunkHash> = usage
-        .into_values()
-        .flat_map(|pack| pack.dead.into_iter().map(|(hash, _)| hash))
-        .collect();
+    // A restricted pass leaves every other pack's entries alone.
+    let orphans: Vec<ChunkHash> = match only {
+        Some(_) => Vec::new(),
+        None => usage
+            .into_values()
+            .flat_map(|pack| pack.dead.into_iter().map(|(hash, _)| hash))
+            .collect(),
+    };
 
     // Step 4: under the coordination lock, keep what was touched, commit.
     let mut coord = store.gc_coord.lock().unwrap_or_else(|e| e.into_inner());

@@ -12,9 +12,12 @@ use sled::transaction::{
 use sled::Transactional;
 
 use super::pack::{self, Codec, Location, PackWriter, PACK_TARGET_SIZE};
-use super::Store;
+use super::{gc, space, Store};
 use crate::error::{Error, Result};
 use crate::hash::ChunkHash;
+
+/// Most bytes a session appends between two looks at the free space.
+const SPACE_CHECK_EVERY: u64 = 8 << 20;
 
 /// The trees a commit may change besides the new index entries.
 pub struct CommitTrees<'t> {
@@ -38,6 +41,11 @@ pub struct Ingest<'s> {
     written: HashMap<ChunkHash, Location>,
     /// Bytes appended to packs by this session.
     added_bytes: u64,
+    /// Bytes that may be appended before the free space is checked again.
+    unchecked_room: u64,
+    /// Packs committed before the final commit (one per full pack): a
+    /// session that fails afterwards hands them back (see Drop).
+    committed_early: Vec<u64>,
     committed: bool,
     /// Registration in the store's gc coordination (None for gc itself).
     session: Option<u64>,
@@ -66,6 +74,8 @@ impl<'s> Ingest<'s> {
             pending: Vec::new(),
             written: HashMap::new(),
             added_bytes: 0,
+            committed_early: Vec::new(),
+            unchecked_room: 0,
             committed: false,
         }
     }
@@ -133,6 +143,15 @@ impl<'s> Ingest<'s> {
         codec: Codec,
         stored: &[u8],
     ) -> Result<()> {
+        // Look at the free space every few MiB, and at every record once
+        // it runs low (half the room left may be written before the next
+        // look, since other writers share the filesystem).
+        let need = pack::PACK_HEADER_LEN + pack::RECORD_HEADER_LEN as u64 + stored.len() as u64;
+        if self.unchecked_room < need {
+            let room = space::check_room(self.store.packs_dir(), need)?;
+            self.unchecked_room = need + (room / 2).min(SPACE_CHECK_EVERY);
+        }
+        self.unchecked_room -= need;
         if self.writer.is_none() {
             let id = self.store.new_pack_id()?;
             self.writer = Some(PackWriter::create(self.store.packs_dir(), id)?);
@@ -164,6 +183,7 @@ impl<'s> Ingest<'s> {
     /// Makes everything durable and applies `change` to the catalog in the
     /// same transaction.
     pub fn commit(mut self, change: &CatalogChange<'_>) -> Result<()> {
+        self.store.check_still_there()?;
         self.seal_pack()?;
         self.commit_inner(Some(change))?;
         self.committed = true;
@@ -219,6 +239,10 @@ impl<'s> Ingest<'s> {
             Err(TransactionError::Storage(e)) => return Err(e.into()),
         }
         store.flush()?;
+        if change.is_none() {
+            self.committed_early
+                .extend(self.synced_packs.iter().map(|(id, _)| *id));
+        }
         self.pending.clear();
         self.synced_packs.clear();
         Ok(())
@@ -228,8 +252,11 @@ impl<'s> Ingest<'s> {
 impl Drop for Ingest<'_> {
     /// An uncommitted session leaves nothing in its packs past what was
     /// committed: the open writer's file is cut back or removed now rather
-    /// than at the next open.
+    /// than at the next open. A failed snapshot must not cost space either:
+    /// the packs it committed early go too, unless something now reaches
+    /// their chunks (gc decides, once this session no longer counts).
     fn drop(&mut self) {
+        let snapshot_session = self.session.is_some();
         self.unregister();
         if self.committed {
             return;
@@ -250,6 +277,13 @@ impl Drop for Ingest<'_> {
                     }
                 }
                 Err(_) => {}
+            }
+        }
+        // gc's own session is unregistered: its early packs hold chunks it
+        // moved, which are live.
+        if snapshot_session && !self.committed_early.is_empty() {
+            if let Err(e) = gc::reclaim_packs(self.store, &self.committed_early) {
+                log::info!("cannot reclaim the packs of a failed snapshot (snapfs gc will): {e}");
             }
         }
     }

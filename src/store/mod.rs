@@ -18,6 +18,7 @@ pub mod gc;
 mod ingest;
 pub mod lock;
 pub mod pack;
+mod space;
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
@@ -168,6 +169,8 @@ pub struct Store {
     /// Bumped by every catalog change, so readers can cache listings.
     generation: std::sync::atomic::AtomicU64,
     lock: Mutex<StoreLock>,
+    /// (device, inode) of the store folder when it was opened.
+    root_id: (u64, u64),
 }
 
 /// Chunks that writing sessions reference but the catalog does not yet:
@@ -234,6 +237,7 @@ impl Store {
             });
         }
         let lock = StoreLock::acquire(root)?;
+        let root_id = folder_id(root)?;
         let fresh = !format_path.exists();
         if fresh {
             // Chunks of people's disks: readable by the owner only.
@@ -297,6 +301,7 @@ impl Store {
             running: Mutex::new(HashSet::new()),
             generation: std::sync::atomic::AtomicU64::new(0),
             lock: Mutex::new(lock),
+            root_id,
         };
         store.check_db_format()?;
         store.recover_packs()?;
@@ -305,6 +310,19 @@ impl Store {
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Fails if the store folder was removed or moved while open: a commit
+    /// would then land in files nobody finds again, or next to packs that
+    /// cannot be written.
+    pub fn check_still_there(&self) -> Result<()> {
+        match folder_id(&self.root) {
+            Ok(id) if id == self.root_id => Ok(()),
+            _ => Err(Error::Io {
+                context: format!("store {}", self.root.display()),
+                source: std::io::Error::other("its folder was removed or moved while in use"),
+            }),
+        }
     }
 
     pub fn config(&self) -> StoreConfig {
@@ -574,6 +592,12 @@ fn is_damage(error: &Error) -> bool {
         Error::Io { source, .. } => source.kind() == std::io::ErrorKind::NotFound,
         _ => false,
     }
+}
+
+fn folder_id(path: &Path) -> Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = fs::metadata(path).context(|| format!("reading {}", path.display()))?;
+    Ok((meta.dev(), meta.ino()))
 }
 
 fn cache_entries(cache_bytes: u64, config: StoreConfig) -> NonZeroUsize {

@@ -10,6 +10,7 @@
 #![allow(dead_code)]
 
 pub mod damage;
+pub mod faults;
 pub mod hostile;
 pub mod kill;
 pub mod mount;
