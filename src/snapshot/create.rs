@@ -125,6 +125,15 @@ pub fn create_snapshot(
     name: &str,
     options: &CreateOptions,
 ) -> Result<SnapshotRecord> {
+    take_snapshot(store, disk, name, options).map_err(|e| store.blame_lost_folder(e))
+}
+
+fn take_snapshot(
+    store: &Store,
+    disk: &str,
+    name: &str,
+    options: &CreateOptions,
+) -> Result<SnapshotRecord> {
     if options.automatic {
         check_any_snapshot_name(name)?;
     } else {

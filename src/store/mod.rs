@@ -325,6 +325,15 @@ impl Store {
         }
     }
 
+    /// An I/O error of the store's own files is the folder's loss when the
+    /// folder went away: say that, not "no such file".
+    pub fn blame_lost_folder(&self, error: Error) -> Error {
+        match error {
+            Error::Io { .. } => self.check_still_there().err().unwrap_or(error),
+            other => other,
+        }
+    }
+
     pub fn config(&self) -> StoreConfig {
         self.config
     }
@@ -483,12 +492,14 @@ impl Store {
     /// `read_verified`, decompressing into a recycled buffer.
     fn read_verified_into(&self, hash: &ChunkHash, buffer: Vec<u8>) -> Result<Vec<u8>> {
         let result = self.read_record_into(hash, buffer);
-        if let Err(e) = &result {
-            if is_damage(e) {
+        result.map_err(|e| {
+            let e = self.blame_lost_folder(e);
+            // A chunk is damaged only if its store is still in place.
+            if is_damage(&e) {
                 self.damaged.mark(hash);
             }
-        }
-        result
+            e
+        })
     }
 
     fn read_record_into(&self, hash: &ChunkHash, buffer: Vec<u8>) -> Result<Vec<u8>> {
