@@ -9,65 +9,17 @@ mod common;
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use common::damage::{
+    assert_no_panic, damage_lines, flip_byte, pack_records, PackRecord, CHUNK, RECORD_HEADER,
+};
 use common::{
     assert_bytes_equal_file, assert_same_file, fails, ok, overwrite_random, run, run_expect,
     snapfs, write_random_file, Ran, Rng,
 };
 use tempfile::TempDir;
 
-const CHUNK: u64 = 64 << 10;
-const RECORD_HEADER: usize = 48;
-const PACK_HEADER: usize = 16;
 /// The chunk of disk `d` the tests damage.
 const VICTIM: u64 = 5;
-
-/// One record of a pack file.
-#[derive(Debug, Clone)]
-struct Record {
-    pack: PathBuf,
-    /// Offset of the record header in the pack.
-    offset: usize,
-    stored: Vec<u8>,
-}
-
-fn records(store: &Path) -> Vec<Record> {
-    let mut out = Vec::new();
-    let mut packs: Vec<PathBuf> = fs::read_dir(store.join("packs"))
-        .expect("packs dir")
-        .flatten()
-        .map(|e| e.path())
-        .collect();
-    packs.sort();
-    for pack in packs {
-        let bytes = fs::read(&pack).expect("read pack");
-        assert_eq!(&bytes[..8], b"SNAPFSPK", "{}", pack.display());
-        let mut at = PACK_HEADER;
-        while at + RECORD_HEADER <= bytes.len() {
-            assert_eq!(
-                &bytes[at..at + 4],
-                b"CHNK",
-                "record at {at} of {}",
-                pack.display()
-            );
-            let stored_len =
-                u32::from_le_bytes(bytes[at + 36..at + 40].try_into().expect("4 bytes")) as usize;
-            let start = at + RECORD_HEADER;
-            out.push(Record {
-                pack: pack.clone(),
-                offset: at,
-                stored: bytes[start..start + stored_len].to_vec(),
-            });
-            at = start + stored_len;
-        }
-    }
-    out
-}
-
-fn flip(path: &Path, offset: usize) {
-    let mut bytes = fs::read(path).expect("read pack");
-    bytes[offset] ^= 0x5a;
-    fs::write(path, bytes).expect("write pack");
-}
 
 /// A store (no compression, so that records hold the plain bytes) with:
 /// disk `d` and its snapshots `one` and `two` (which share chunk VICTIM),
@@ -113,11 +65,11 @@ impl Damaged {
     }
 
     /// The record holding chunk VICTIM of disk `d`.
-    fn victim(&self) -> Record {
+    fn victim(&self) -> PackRecord {
         let data = fs::read(&self.one).expect("read copy");
         let start = (VICTIM * CHUNK) as usize;
         let chunk = &data[start..start + CHUNK as usize];
-        records(&self.store)
+        pack_records(&self.store)
             .into_iter()
             .find(|r| r.stored == chunk)
             .expect("the record of the victim chunk")
@@ -193,30 +145,6 @@ fn failure_line(ran: &Ran) -> String {
     last.to_string()
 }
 
-fn assert_no_panic(ran: &Ran) {
-    assert!(
-        !ran.stderr.contains("panicked") && ran.code != Some(101),
-        "snapfs panicked: {}",
-        ran.stderr
-    );
-}
-
-/// The damage lines verify printed, as (disk, snapshot, offset).
-fn damage_lines(ran: &Ran) -> Vec<(String, String, u64)> {
-    ran.stdout
-        .lines()
-        .filter_map(|line| {
-            let rest = line.strip_prefix("DAMAGED ")?;
-            let mut words = rest.split_whitespace();
-            let disk = words.next()?.to_string();
-            let snapshot = words.next()?.to_string();
-            (words.next()? == "offset").then_some(())?;
-            let offset = words.next()?.trim_end_matches(':').parse().ok()?;
-            Some((disk, snapshot, offset))
-        })
-        .collect()
-}
-
 fn assert_verify_names_victim(fx: &Damaged) {
     let ran = fx.verify(&[]);
     assert_eq!(ran.code, Some(1), "verify must fail: {ran:?}");
@@ -253,7 +181,7 @@ fn flipped_chunk_byte_is_named_by_verify_and_fails_export() {
     let fx = Damaged::new();
     ok(snapfs(&fx.store).arg("verify"));
     let victim = fx.victim();
-    flip(&victim.pack, victim.offset + RECORD_HEADER + 1000);
+    flip_byte(&victim.pack, victim.offset + RECORD_HEADER + 1000);
     assert_verify_names_victim(&fx);
     let ran = fx.verify(&["d", "one"]);
     assert!(
@@ -284,7 +212,7 @@ fn flipped_record_header_is_named_by_verify_and_fails_export() {
     for header_byte in [1usize, 10, 37, 41] {
         let fx = Damaged::new();
         let victim = fx.victim();
-        flip(&victim.pack, victim.offset + header_byte);
+        flip_byte(&victim.pack, victim.offset + header_byte);
         assert_verify_names_victim(&fx);
         let ran = fx.verify(&["d", "one"]);
         assert!(
@@ -302,14 +230,14 @@ fn flipped_map_page_fails_verify_and_export() {
     let fx = Damaged::new();
     // Map pages start with their magic; `one` and `two` each have their
     // own single leaf page, `clean` has another.
-    let pages: Vec<Record> = records(&fx.store)
+    let pages: Vec<PackRecord> = pack_records(&fx.store)
         .into_iter()
         .filter(|r| r.stored.starts_with(b"SFMP"))
         .collect();
     assert_eq!(pages.len(), 3, "one map page per snapshot");
     // The first page written is the map of `one`.
     let page = &pages[0];
-    flip(&page.pack, page.offset + RECORD_HEADER + 12 + 40);
+    flip_byte(&page.pack, page.offset + RECORD_HEADER + 12 + 40);
     let ran = fx.verify(&["d"]);
     assert_eq!(ran.code, Some(1), "{ran:?}");
     assert_eq!(

@@ -11,27 +11,12 @@ use std::path::Path;
 
 use common::damage::{
     damage_lines, edit_snapshot_record, expected_damage, open_db, run_checked, survey_cli,
-    survey_mount, SharedChunks, Truth, CHUNK, COMMAND_TIMEOUT,
+    survey_mount, SharedChunks, CHUNK, COMMAND_TIMEOUT,
 };
 use common::{need_fuse, ok, run_timeout, snapfs};
 use snapfs::hash::ChunkHash;
 use snapfs::snapshot::map::encode_page;
 use snapfs::store::{Ingest, OpenOptions, Store};
-
-fn truths(fx: &SharedChunks) -> Vec<Truth> {
-    [
-        ("d", "one", &fx.one),
-        ("d", "two", &fx.two),
-        ("f", "clean", &fx.clean),
-    ]
-    .into_iter()
-    .map(|(disk, snapshot, bytes)| Truth {
-        disk: disk.into(),
-        snapshot: snapshot.into(),
-        bytes: bytes.clone(),
-    })
-    .collect()
-}
 
 /// Replaces the (single, leaf) map page of `d/one` with a page of
 /// `entries`, stored as a proper chunk so that only its meaning is wrong.
@@ -86,7 +71,7 @@ fn map_page_pointing_to_missing_chunks_is_reported_at_each_offset() {
     );
     assert!(ran.stdout.contains("missing"), "{}", ran.stdout);
     // `one` fails to export; `two` and `clean` are untouched.
-    assert_eq!(survey_cli(&fx.store, &truths(&fx)), 2);
+    assert_eq!(survey_cli(&fx.store, &fx.truths()), 2);
 }
 
 #[test]
@@ -102,7 +87,7 @@ fn map_page_with_too_few_entries_is_reported() {
         ran.stdout
     );
     assert!(!damage_lines(&ran).is_empty(), "{}", ran.stdout);
-    assert_eq!(survey_cli(&fx.store, &truths(&fx)), 2);
+    assert_eq!(survey_cli(&fx.store, &fx.truths()), 2);
 }
 
 type RecordEdit = fn(&mut serde_json::Value);
@@ -124,7 +109,7 @@ fn catalog_records_with_absurd_sizes_are_reported() {
         edit_snapshot_record(&fx.store, "one", edit);
         let ran = run_checked(&fx.store, &["verify", "d", "one"]);
         assert_eq!(ran.code, Some(1), "{what}: verify passed: {}", ran.stdout);
-        let exported = survey_cli(&fx.store, &truths(&fx));
+        let exported = survey_cli(&fx.store, &fx.truths());
         assert!(exported <= 2, "{what}: the damaged snapshot exported");
     }
 }
@@ -171,7 +156,7 @@ fn index_entry_with_absurd_length_fails_without_a_huge_allocation() {
     );
     let ran = limited(&["export", "d", "one", "-o", "-"]);
     assert_eq!(ran.code, Some(1), "{}", ran.stderr);
-    assert_eq!(survey_cli(&fx.store, &truths(&fx)), 1);
+    assert_eq!(survey_cli(&fx.store, &fx.truths()), 1);
 }
 
 #[test]
@@ -185,7 +170,7 @@ fn hostile_map_is_an_error_through_the_mount() {
         entries
     });
     // `one` fails to read (EIO), `two` and `clean` read right.
-    assert_eq!(survey_mount(&fx.store, &truths(&fx)), 2);
+    assert_eq!(survey_mount(&fx.store, &fx.truths()), 2);
     ok(snapfs(&fx.store).args(["verify", "f"]));
 }
 
@@ -197,5 +182,5 @@ fn snapshot_with_a_damaged_record_can_still_be_removed() {
     assert!(line.contains("snapshot record one of disk d"), "{line}");
     ok(snapfs(&fx.store).args(["snapshot", "rm", "d", "one"]));
     ok(snapfs(&fx.store).arg("verify"));
-    assert_eq!(survey_cli(&fx.store, &truths(&fx)), 2);
+    assert_eq!(survey_cli(&fx.store, &fx.truths()), 2);
 }

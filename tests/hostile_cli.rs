@@ -17,34 +17,13 @@ use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::hostile::{paths_under, Fixture};
+use common::hostile::{check, fuzz_runner, paths_under, Fixture};
 use common::{ok, run_timeout, snapfs, store_state};
 use proptest::prelude::*;
-use proptest::test_runner::{Config, TestCaseError, TestRunner};
+use proptest::test_runner::TestCaseError;
 
 /// Long enough for a slow machine; a command that takes longer hangs.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
-
-fn runner(default_cases: u32) -> TestRunner {
-    let cases = std::env::var("SNAPFS_FUZZ_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default_cases);
-    TestRunner::new(Config {
-        cases,
-        failure_persistence: None,
-        max_shrink_iters: 128,
-        ..Config::default()
-    })
-}
-
-fn check(condition: bool, why: impl FnOnce() -> String) -> Result<(), TestCaseError> {
-    if condition {
-        Ok(())
-    } else {
-        Err(TestCaseError::fail(why()))
-    }
-}
 
 /// A snapshot name the contract allows (as a person chooses it).
 fn allowed_snapshot_name(name: &[u8]) -> bool {
@@ -427,7 +406,7 @@ fn fuzz_cli(fx: &Fixture, default_cases: u32, what: &str) {
     let base = fx.tmp.path().to_path_buf();
     let baseline = std::cell::RefCell::new((state(&fx.store), outside(fx)));
     let counts = std::cell::RefCell::new([0usize; 3]);
-    runner(default_cases)
+    fuzz_runner(default_cases)
         .run(&invocation(base), |inv| {
             let mut inv = inv;
             // A help or version flag anywhere prints it and exits 0.
@@ -528,7 +507,7 @@ fn init_accepts_exactly_the_settings_the_contract_allows_and_refused_creates_not
         .expect("temp dir");
     let counter = std::cell::Cell::new(0u32);
     let accepted = std::cell::Cell::new(0u32);
-    runner(40)
+    fuzz_runner(40)
         .run(&init_invocation(), |(chunk, level, compression)| {
             counter.set(counter.get() + 1);
             let store = tmp.path().join(format!("store{}", counter.get()));

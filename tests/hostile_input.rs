@@ -26,11 +26,11 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use common::hostile::{errno_of, names_in, write_once, write_parts, Fixture};
+use common::hostile::{check, errno_of, fuzz_runner, names_in, write_once, write_parts, Fixture};
 use common::mount::Mount;
 use common::{need_fuse, ok, snapfs};
 use proptest::prelude::*;
-use proptest::test_runner::{Config, TestCaseError, TestRunner};
+use proptest::test_runner::TestCaseError;
 
 const DISK_LEN: u64 = 256 << 10;
 const CONTROL_FILES: [&str; 3] = [".create", ".policy", ".status"];
@@ -38,27 +38,6 @@ const CONTROL_FILES: [&str; 3] = [".create", ".policy", ".status"];
 const MAX_KEPT: usize = 40;
 /// `.status` keeps 20 outcome lines: however hostile the writes, it stays small.
 const MAX_STATUS_LEN: usize = 64 << 10;
-
-fn runner(default_cases: u32) -> TestRunner {
-    let cases = std::env::var("SNAPFS_FUZZ_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default_cases);
-    TestRunner::new(Config {
-        cases,
-        failure_persistence: None,
-        max_shrink_iters: 256,
-        ..Config::default()
-    })
-}
-
-fn check(condition: bool, why: impl FnOnce() -> String) -> Result<(), TestCaseError> {
-    if condition {
-        Ok(())
-    } else {
-        Err(TestCaseError::fail(why()))
-    }
-}
 
 // ------------------------------------------------------------ the contract
 
@@ -308,7 +287,7 @@ fn create_takes_exactly_the_names_the_contract_allows() {
     }
     let world = RefCell::new(World::new(1));
     let (accepted, refused) = (Cell::new(0usize), Cell::new(0usize));
-    runner(48)
+    fuzz_runner(48)
         .run(&create_writes(), |writes| {
             let mut world = world.borrow_mut();
             let parts: Vec<&[u8]> = writes.iter().map(|w| w.as_slice()).collect();
@@ -501,7 +480,7 @@ fn policy_takes_valid_settings_and_refuses_junk_unchanged() {
         5 => junk_policy().prop_map(PolicyWrite::Junk),
     ];
     let (valid, junk) = (Cell::new(0usize), Cell::new(0usize));
-    runner(48)
+    fuzz_runner(48)
         .run(&writes, |write| {
             let before = fs::read_to_string(&policy).expect("read .policy");
             match write {
@@ -612,7 +591,7 @@ fn control_refuses_junk_requests_with_a_usage_error() {
             serde_json::to_vec(&args).expect("json")
         });
     let requests = prop_oneof![not_json, bad_args];
-    runner(32)
+    fuzz_runner(32)
         .run(&requests, |request| {
             let response = control(&mnt, &request)
                 .map_err(|errno| TestCaseError::fail(format!("control errno {errno}")))?;
@@ -661,7 +640,7 @@ fn files_that_take_no_writes_refuse_them() {
         prop::sample::select((0..targets.len()).collect::<Vec<_>>()),
         prop::collection::vec(any::<u8>(), 1..100),
     );
-    runner(32)
+    fuzz_runner(32)
         .run(&cases, |(target, bytes)| {
             let (path, errno) = &targets[target];
             let result = write_once(path, &bytes);
@@ -734,7 +713,7 @@ fn hostile_names_cannot_be_made_renamed_to_or_leave_their_folder() {
         2 => component().prop_map(NameOp::Make),
         1 => valid_or_hostile.prop_map(NameOp::Missing),
     ];
-    runner(48)
+    fuzz_runner(48)
         .run(&ops, |op| {
             let mut world = world.borrow_mut();
             let disk = world.disk.clone();

@@ -22,21 +22,6 @@ const CI_ROUNDS: u64 = 40;
 /// Every this many rounds, also read through a mount.
 const MOUNT_EVERY: u64 = 8;
 
-fn truths(fx: &SharedChunks) -> Vec<Truth> {
-    [
-        ("d", "one", &fx.one),
-        ("d", "two", &fx.two),
-        ("f", "clean", &fx.clean),
-    ]
-    .into_iter()
-    .map(|(disk, snapshot, bytes)| Truth {
-        disk: disk.into(),
-        snapshot: snapshot.into(),
-        bytes: bytes.clone(),
-    })
-    .collect()
-}
-
 fn copy_dir(from: &Path, to: &Path) {
     fs::create_dir_all(to).expect("create copy");
     for entry in fs::read_dir(from).expect("list") {
@@ -110,7 +95,7 @@ fn damaged_sled_files_are_reported_or_survived() {
         return;
     }
     let fx = SharedChunks::new(41);
-    let truths = truths(&fx);
+    let truths = fx.truths();
     let pristine = fx.tmp.path().join("pristine");
     copy_dir(&fx.store, &pristine);
     let db_files: Vec<PathBuf> = store_files(&pristine.join("db"));
@@ -200,7 +185,7 @@ fn random_mutations_never_panic_hang_or_return_wrong_bytes() {
     fuzz(
         &pristine,
         fx.tmp.path(),
-        &truths(&fx),
+        &fx.truths(),
         rounds,
         &mut Rng::new(seed),
     );

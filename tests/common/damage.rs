@@ -208,6 +208,22 @@ impl SharedChunks {
         }
     }
 
+    /// What each snapshot of the fixture must read back as.
+    pub fn truths(&self) -> Vec<Truth> {
+        [
+            ("d", "one", &self.one),
+            ("d", "two", &self.two),
+            ("f", "clean", &self.clean),
+        ]
+        .into_iter()
+        .map(|(disk, snapshot, bytes)| Truth {
+            disk: disk.into(),
+            snapshot: snapshot.into(),
+            bytes: bytes.clone(),
+        })
+        .collect()
+    }
+
     /// Flips a byte in the stored copy of chunk `chunk` of snapshot `one`
     /// (or of `two`, for the chunk they do not share); returns the damaged
     /// record as it was.

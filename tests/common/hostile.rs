@@ -11,6 +11,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use tempfile::TempDir;
 
 use super::{ok, snapfs, write_random_file, Rng};
@@ -138,4 +139,28 @@ pub fn as_user(cmd: &mut Command, id: u32) -> &mut Command {
         });
     }
     cmd
+}
+
+/// A proptest runner of `SNAPFS_FUZZ_CASES` cases (`default_cases`, the
+/// CI size, when unset), writing no regression files.
+pub fn fuzz_runner(default_cases: u32) -> TestRunner {
+    let cases = std::env::var("SNAPFS_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default_cases);
+    TestRunner::new(Config {
+        cases,
+        failure_persistence: None,
+        max_shrink_iters: 256,
+        ..Config::default()
+    })
+}
+
+/// Fails the proptest case with `why` unless `condition` holds.
+pub fn check(condition: bool, why: impl FnOnce() -> String) -> Result<(), TestCaseError> {
+    if condition {
+        Ok(())
+    } else {
+        Err(TestCaseError::fail(why()))
+    }
 }
