@@ -2,7 +2,7 @@
 # The long version of the fault suite (issue 5): every fault class that CI
 # runs briefly, with many rounds. Needs root, /dev/fuse and loop devices.
 #
-#   sudo stress/run.sh            # everything, about 45 minutes on 2 cores
+#   sudo stress/run.sh            # everything, about 20 minutes on 2 cores
 #   sudo stress/run.sh kill soak  # only some classes (names below)
 #
 # Round counts can be raised or lowered through the variables below, e.g.
@@ -19,6 +19,7 @@ export SNAPFS_FUZZ_CASES=${SNAPFS_FUZZ_CASES:-2000}
 export SNAPFS_FAULT_ROUNDS=${SNAPFS_FAULT_ROUNDS:-5}
 export SNAPFS_SOAK_SECS=${SNAPFS_SOAK_SECS:-300}
 LOG_DIR=${LOG_DIR:-$(mktemp -d /tmp/snapfs-stress.XXXXXX)}
+mkdir -p "$LOG_DIR"
 
 # class : what it runs : the rounds it is given
 classes=(
@@ -39,7 +40,7 @@ selected() {
     return 1
 }
 
-cargo build --release --tests >/dev/null || exit 1
+cargo build --release --tests -q || exit 1
 echo "logs in $LOG_DIR"
 rows=()
 failed=0
@@ -55,12 +56,12 @@ for entry in "${classes[@]}"; do
         result=FAILED
         failed=1
     fi
-    rows+=("$(printf '| %-10s | %-60s | %6d | %-6s |' "$name" "$size" $((SECONDS - start)) "$result")")
+    rows+=("$(printf '| %-10s | %-60s | %7d | %-6s |' "$name" "$size" $((SECONDS - start)) "$result")")
     echo "   $result in $((SECONDS - start)) s"
 done
 
 echo
-printf '| %-10s | %-60s | %6s | %-6s |\n' class size seconds result
-printf '|%s|%s|%s|%s|\n' ------------ "$(printf -- '-%.0s' {1..62})" -------- --------
+printf '| %-10s | %-60s | %7s | %-6s |\n' class size seconds result
+printf '|%s|%s|%s|%s|\n' ------------ "$(printf -- '-%.0s' {1..62})" --------- --------
 printf '%s\n' "${rows[@]}"
 exit "$failed"
