@@ -86,6 +86,9 @@ pub enum Error {
     #[error("{0}")]
     Invalid(String),
 
+    #[error("{0} cancelled: the mount is stopping")]
+    Cancelled(&'static str),
+
     #[error("database: {0}")]
     Db(#[from] sled::Error),
 }
@@ -111,6 +114,7 @@ impl Error {
             Error::Busy(_) | Error::Locked { .. } => libc::EBUSY,
             Error::DiskHasSnapshots { .. } => libc::ENOTEMPTY,
             Error::Protected { .. } => libc::EPERM,
+            Error::Cancelled(_) => libc::ECANCELED,
             _ => libc::EIO,
         }
     }

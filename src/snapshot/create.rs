@@ -337,7 +337,7 @@ fn read_source(
         let mut chunk = first;
         while chunk < last {
             if stop.load(Ordering::Relaxed) || cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
-                let _ = done.send(Done::Failed(Error::Invalid("snapshot cancelled".into())));
+                let _ = done.send(Done::Failed(Error::Cancelled("snapshot")));
                 return;
             }
             let batch = (READ_BATCH / chunk_size).max(1).min(last - chunk);
