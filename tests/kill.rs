@@ -486,6 +486,56 @@ fn snapshot_killed_after_committing_a_full_pack() {
     assert_eq!(export_hash(&store, D, "big"), hash_file(&source));
 }
 
+/// An export through a mount whose process is killed mid-way fails with
+/// one line saying the mount ended and the output is incomplete, and what
+/// it wrote before is the snapshot's own bytes.
+#[test]
+fn export_through_a_killed_mount_says_so() {
+    if !need_fuse("export_through_a_killed_mount_says_so") {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store = tmp.path().join("store");
+    let source = tmp.path().join("d.img");
+    write_random_file(&source, 64 << 20, &mut Rng::new(12));
+    ok(snapfs(&store).args(["disk", "add", D]).arg(&source));
+    ok(snapfs(&store).args(["snapshot", "create", D, "s"]));
+    let expected = fs::read(&source).expect("read source");
+
+    let mut mount = Mount::start(&store);
+    // The export blocks on its full pipe until we read: kill the mount
+    // while it is certainly half-way.
+    let mut export = snapfs(&store)
+        .args(["export", D, "s", "-o", "-"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start export");
+    let mut stdout = export.stdout.take().expect("stdout");
+    let mut head = vec![0u8; 4 << 20];
+    std::io::Read::read_exact(&mut stdout, &mut head).expect("first 4 MiB of the export");
+    mount.kill9();
+    let mut rest = Vec::new();
+    std::io::Read::read_to_end(&mut stdout, &mut rest).expect("rest of the export");
+    let out = export.wait_with_output().expect("wait for export");
+    clear_dead_mount(mount.path());
+
+    head.extend_from_slice(&rest);
+    assert!(
+        head.len() < expected.len() && expected.starts_with(&head),
+        "the export wrote {} bytes that are not a prefix of the snapshot",
+        head.len()
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.lines().count() == 1
+            && stderr.contains("ended before it answered")
+            && stderr.contains("export to - is incomplete"),
+        "the export must say in one line that the mount ended: {stderr}"
+    );
+}
+
 // ------------------------------------------------------------- CLI kills
 
 const CLI_OPS: [&str; 7] = [

@@ -265,23 +265,37 @@ fn create(mnt: &Path, disk: &str, name: &str) -> Result<()> {
 fn export(mnt: &Path, args: ExportArgs) -> Result<()> {
     check_any_snapshot_name(&args.snapshot)?;
     let path = disk_folder(mnt, &args.disk)?.join(&args.snapshot);
-    let image = File::open(&path)
-        .map_err(|_| anyhow::anyhow!("no snapshot {} of disk {}", args.snapshot, args.disk))?;
+    let image = File::open(&path).map_err(|e| {
+        if is_mount_gone(&e) {
+            MountGone {
+                mnt: mnt.to_path_buf(),
+            }
+            .into()
+        } else {
+            anyhow::anyhow!("no snapshot {} of disk {}", args.snapshot, args.disk)
+        }
+    })?;
     let size = image.metadata()?.len();
+    let failed = |e: std::io::Error| {
+        cut_off(
+            mount_error(mnt, e, "export failed".into()),
+            format!("export to {} is incomplete", args.output.display()),
+        )
+    };
     if args.output.as_os_str() == "-" {
         let stdout = std::io::stdout();
         let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
-        std::io::copy(&mut (&image), &mut out).context("export failed")?;
+        std::io::copy(&mut (&image), &mut out).map_err(failed)?;
         out.flush()?;
         return Ok(());
     }
     let (out, is_regular) = open_export_output(&args.output)?;
     if is_regular {
-        copy_sparse(&image, &out, size).context("export failed")?;
+        copy_sparse(&image, &out, size).map_err(failed)?;
         out.set_len(size)?;
         out.sync_all()?;
     } else {
-        std::io::copy(&mut (&image), &mut (&out)).context("export failed")?;
+        std::io::copy(&mut (&image), &mut (&out)).map_err(failed)?;
     }
     eprintln!(
         "exported {} of disk {} ({}) to {}",
