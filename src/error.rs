@@ -89,8 +89,26 @@ pub enum Error {
     #[error("{0} cancelled: the mount is stopping")]
     Cancelled(&'static str),
 
-    #[error("database: {0}")]
-    Db(#[from] sled::Error),
+    /// Not a `source`: the text says all, without sled's own repeated.
+    #[error("database: {}", describe_db_error(.0))]
+    Db(sled::Error),
+}
+
+impl From<sled::Error> for Error {
+    fn from(error: sled::Error) -> Error {
+        Error::Db(error)
+    }
+}
+
+/// sled's own text for damage names internal offsets and an empty
+/// backtrace; say what it means for the user instead.
+fn describe_db_error(error: &sled::Error) -> String {
+    match error {
+        sled::Error::Corruption { .. } => {
+            "the store's database files are damaged (sled read corrupted data)".into()
+        }
+        other => other.to_string(),
+    }
 }
 
 impl Error {

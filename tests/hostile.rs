@@ -6,6 +6,7 @@
 
 mod common;
 
+use std::fs;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 
@@ -183,4 +184,27 @@ fn snapshot_with_a_damaged_record_can_still_be_removed() {
     ok(snapfs(&fx.store).args(["snapshot", "rm", "d", "one"]));
     ok(snapfs(&fx.store).arg("verify"));
     assert_eq!(survey_cli(&fx.store, &fx.truths()), 2);
+}
+
+/// sled files damaged all over: commands say in one line that the
+/// database is damaged, not sled's internal offsets and backtrace.
+#[test]
+fn damaged_database_is_named_in_plain_words() {
+    let fx = SharedChunks::new(47);
+    let db = fx.store.join("db").join("db");
+    let mut bytes = fs::read(&db).expect("read sled's db file");
+    for at in (100..bytes.len()).step_by(97) {
+        bytes[at] ^= 0x5a;
+    }
+    fs::write(&db, bytes).expect("damage sled's db file");
+    let ran = run_checked(&fx.store, &["snapshot", "list"]);
+    assert_eq!(ran.code, Some(1), "{ran:?}");
+    let lines: Vec<&str> = ran.stderr.lines().collect();
+    assert!(
+        lines.len() == 1
+            && lines[0].contains("database files are damaged")
+            && !lines[0].contains("backtrace"),
+        "{}",
+        ran.stderr
+    );
 }
