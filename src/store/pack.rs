@@ -308,12 +308,11 @@ thread_local! {
 fn compress(plain: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
     COMPRESSOR.with(|cell| {
         let mut slot = cell.borrow_mut();
-        if slot.as_ref().is_none_or(|(l, _)| *l != level) {
-            *slot = Some((level, zstd::bulk::Compressor::new(level)?));
-        }
-        let Some((_, compressor)) = slot.as_mut() else {
-            return zstd::bulk::compress(plain, level);
+        let compressor = match slot.take() {
+            Some((kept, compressor)) if kept == level => compressor,
+            _ => zstd::bulk::Compressor::new(level)?,
         };
+        let (_, compressor) = slot.insert((level, compressor));
         SCRATCH.with(|scratch| {
             let mut scratch = scratch.borrow_mut();
             scratch.clear();
@@ -329,16 +328,13 @@ fn decompress_into(packed: &[u8], capacity: usize, out: &mut Vec<u8>) -> std::io
     out.reserve(capacity);
     DECOMPRESSOR.with(|cell| {
         let mut slot = cell.borrow_mut();
-        if slot.is_none() {
-            *slot = Some(zstd::bulk::Decompressor::new()?);
-        }
-        match slot.as_mut() {
-            Some(decompressor) => decompressor.decompress_to_buffer(packed, out).map(|_| ()),
-            None => {
-                *out = zstd::bulk::decompress(packed, capacity)?;
-                Ok(())
-            }
-        }
+        let decompressor = match slot.take() {
+            Some(decompressor) => decompressor,
+            None => zstd::bulk::Decompressor::new()?,
+        };
+        slot.insert(decompressor)
+            .decompress_to_buffer(packed, out)
+            .map(|_| ())
     })
 }
 
