@@ -194,9 +194,6 @@ impl Filesystem for FuseAdapter {
                 if opened.parallel_writes {
                     fopen |= FopenFlags::FOPEN_PARALLEL_DIRECT_WRITES;
                 }
-                if opened.parallel_writes {
-                    fopen |= FopenFlags::FOPEN_PARALLEL_DIRECT_WRITES;
-                }
                 reply.opened(FileHandle(opened.fh), fopen)
             }
             Err(e) => reply.error(errno("open", e)),

@@ -27,13 +27,8 @@ const NOT_SET: u32 = u32::MAX;
 /// made for the user. Later calls change nothing.
 pub fn make_process_private() {
     let old = unsafe { libc::umask(0o077) } as u32;
-    if USER_UMASK
-        .compare_exchange(NOT_SET, old, Ordering::SeqCst, Ordering::SeqCst)
-        .is_err()
-    {
-        // Already private: keep the umask first remembered.
-        unsafe { libc::umask(0o077) };
-    }
+    // A second call finds 077 in place: the first remembered umask stays.
+    let _ = USER_UMASK.compare_exchange(NOT_SET, old, Ordering::SeqCst, Ordering::SeqCst);
 }
 
 /// The user's umask, if `make_process_private` replaced it.

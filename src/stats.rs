@@ -73,7 +73,7 @@ fn ratio(a: u64, b: u64) -> f64 {
     }
 }
 
-fn dir_size(path: &std::path::Path) -> u64 {
+pub(crate) fn dir_size(path: &std::path::Path) -> u64 {
     let Ok(entries) = fs::read_dir(path) else {
         return 0;
     };

@@ -142,7 +142,7 @@ pub fn mount(dir: &Path, args: MountArgs) -> Result<()> {
     let mut join = true;
     if let Some(signal) = stop_reason {
         log::info!("signal {signal}: unmounting {}", mountpoint.display());
-        if !unmount_path(&mountpoint, false) {
+        if unmount_path(&mountpoint, false).is_err() {
             // Files are open in the mount (a reader, a loop device, a
             // snapshot being written). Exiting now would leave a dead
             // mount behind them: leave the namespace instead, serve them
@@ -151,7 +151,9 @@ pub fn mount(dir: &Path, args: MountArgs) -> Result<()> {
                 "{} is busy: detached; serving open files until they close (signal again to stop now)",
                 mountpoint.display()
             );
-            unmount_path(&mountpoint, true);
+            if let Err(e) = unmount_path(&mountpoint, true) {
+                log::warn!("cannot detach {}: {e}", mountpoint.display());
+            }
             if let Some(signal) = wait_for_end(&signals, &session) {
                 log::warn!("signal {signal}: stopping with files still open");
                 join = false;
@@ -198,26 +200,30 @@ fn raise_readahead(mountpoint: &Path) {
     }
 }
 
-/// Unmounts `mountpoint` (lazily: detaches it even while files are open);
-/// returns whether it worked. Not root: fusermount3 may unmount our own.
-fn unmount_path(mountpoint: &Path, lazy: bool) -> bool {
-    let Ok(path) = std::ffi::CString::new(mountpoint.as_os_str().as_encoded_bytes()) else {
-        return false;
-    };
+/// Unmounts `mountpoint` (lazily: detaches it even while files are open).
+/// Not root: fusermount3 may unmount our own; quietly, since the caller
+/// says why in one line. The error is umount2's.
+fn unmount_path(mountpoint: &Path, lazy: bool) -> std::io::Result<()> {
+    let path = std::ffi::CString::new(mountpoint.as_os_str().as_encoded_bytes())?;
     let flags = if lazy { libc::MNT_DETACH } else { 0 };
     if unsafe { libc::umount2(path.as_ptr(), flags) } == 0 {
-        return true;
+        return Ok(());
     }
+    let err = std::io::Error::last_os_error();
     let mut fusermount = std::process::Command::new("fusermount3");
     fusermount.arg("-u").arg("-q");
     if lazy {
         fusermount.arg("-z");
     }
-    fusermount
+    let fallback = fusermount
         .arg(mountpoint)
         .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
+        .status();
+    if fallback.is_ok_and(|s| s.success()) {
+        Ok(())
+    } else {
+        Err(err)
+    }
 }
 
 fn fuse_config(args: &MountArgs) -> Result<Config> {
@@ -443,20 +449,8 @@ pub fn umount(dir: &Path, args: UmountArgs) -> Result<()> {
             .filter(|h| h.mountpoint.as_deref() == Some(&mountpoint))
             .map(|h| h.pid)
     });
-    let path = std::ffi::CString::new(mountpoint.as_os_str().as_encoded_bytes())?;
-    if unsafe { libc::umount2(path.as_ptr(), 0) } != 0 {
-        let err = std::io::Error::last_os_error();
-        // Not root: fusermount may unmount a mount of our own. Quietly:
-        // our own line below says why, once.
-        let fallback = std::process::Command::new("fusermount3")
-            .arg("-u")
-            .arg("-q")
-            .arg(&mountpoint)
-            .stderr(std::process::Stdio::null())
-            .status();
-        if !fallback.is_ok_and(|s| s.success()) {
-            bail!("cannot unmount {}: {err}", mountpoint.display());
-        }
+    if let Err(err) = unmount_path(&mountpoint, false) {
+        bail!("cannot unmount {}: {err}", mountpoint.display());
     }
     // Wait for the mount process to flush the store and end.
     if let Some(pid) = server {

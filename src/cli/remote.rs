@@ -143,12 +143,16 @@ fn is_mount_gone(e: &std::io::Error) -> bool {
 /// Names a lost mount as such instead of by its errno.
 fn mount_error(mnt: &Path, e: std::io::Error, doing: String) -> anyhow::Error {
     if is_mount_gone(&e) {
-        return MountGone {
-            mnt: mnt.to_path_buf(),
-        }
-        .into();
+        return mount_gone(mnt);
     }
     anyhow::Error::new(e).context(doing)
+}
+
+fn mount_gone(mnt: &Path) -> anyhow::Error {
+    MountGone {
+        mnt: mnt.to_path_buf(),
+    }
+    .into()
 }
 
 fn control(mnt: &Path, args: Vec<String>) -> Result<()> {
@@ -196,7 +200,7 @@ fn disk_folder(mnt: &Path, disk: &str) -> Result<PathBuf> {
     let folder = mnt.join(disk);
     match std::fs::metadata(&folder) {
         Ok(meta) if meta.is_dir() => Ok(folder),
-        Err(e) if is_mount_gone(&e) => Err(mount_error(mnt, e, String::new())),
+        Err(e) if is_mount_gone(&e) => Err(mount_gone(mnt)),
         _ => bail!("no disk named {disk}"),
     }
 }
@@ -250,7 +254,7 @@ fn create(mnt: &Path, disk: &str, name: &str) -> Result<()> {
             }
             Ok(())
         }
-        Err(e) if is_mount_gone(&e) => Err(mount_error(mnt, e, String::new()).context(format!(
+        Err(e) if is_mount_gone(&e) => Err(mount_gone(mnt).context(format!(
             "snapshot {name} of disk {disk} may not have been taken"
         ))),
         Err(e) => {
@@ -267,10 +271,7 @@ fn export(mnt: &Path, args: ExportArgs) -> Result<()> {
     let path = disk_folder(mnt, &args.disk)?.join(&args.snapshot);
     let image = File::open(&path).map_err(|e| {
         if is_mount_gone(&e) {
-            MountGone {
-                mnt: mnt.to_path_buf(),
-            }
-            .into()
+            mount_gone(mnt)
         } else {
             anyhow::anyhow!("no snapshot {} of disk {}", args.snapshot, args.disk)
         }

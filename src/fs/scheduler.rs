@@ -156,15 +156,7 @@ fn maybe_gc(fs: &SnapFs, dead_estimate: &AtomicU64, gc_running: &AtomicBool) {
     if dead == 0 {
         return;
     }
-    let packs: u64 = std::fs::read_dir(fs.store().root().join("packs"))
-        .map(|entries| {
-            entries
-                .flatten()
-                .filter_map(|e| e.metadata().ok())
-                .map(|m| m.len())
-                .sum()
-        })
-        .unwrap_or(0);
+    let packs = crate::stats::dir_size(fs.store().packs_dir());
     if dead * 10 < packs || gc_running.swap(true, Ordering::SeqCst) {
         return;
     }

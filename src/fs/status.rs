@@ -92,8 +92,7 @@ impl StatusBoard {
             let _ = writeln!(text, "disk {disk}");
             match &s.running {
                 Some((name, p)) => {
-                    // Until the first report nothing is known: not "100% of 0 B".
-                    let percent = if p.total_bytes == 0 { 0.0 } else { p.percent() };
+                    let percent = p.percent();
                     let _ = writeln!(
                         text,
                         "running: {name} {percent:.1}% {} of {}, {}/s, elapsed {:.1} s",

@@ -168,11 +168,6 @@ impl Target {
         self.size
     }
 
-    /// True when `open` created the file.
-    pub fn created(&self) -> bool {
-        self.created
-    }
-
     /// Refuses a block device smaller than `size` (a file grows instead).
     pub fn check_fits(&self, size: u64) -> Result<(), RollbackError> {
         if self.kind == TargetKind::BlockDevice && self.size < size {

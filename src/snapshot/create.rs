@@ -35,9 +35,10 @@ pub struct Progress {
 }
 
 impl Progress {
+    /// 0 until the size is known (not "100% of 0 B").
     pub fn percent(&self) -> f64 {
         if self.total_bytes == 0 {
-            100.0
+            0.0
         } else {
             self.done_bytes as f64 * 100.0 / self.total_bytes as f64
         }
