@@ -6,7 +6,7 @@
 #   sudo stress/run.sh kill soak  # only some classes (names below)
 #
 # Round counts can be raised or lowered through the variables below, e.g.
-# SNAPFS_KILL_ROUNDS=1000 stress/run.sh kill. Every class prints its seed;
+# SNAPFS_KILL_ROUNDS=1000 stress/run.sh kill. Every randomised class prints its seed;
 # the class's log (in $LOG_DIR) says how to replay a failing round.
 set -uo pipefail
 cd "$(dirname "$0")/.."
