@@ -221,16 +221,7 @@ fn killed_snapshots_and_gc_leave_a_consistent_store() {
     // After all that, a full gc and a last check.
     ok(snapfs(&crash.store).args(["gc", "--min-dead", "0"]));
     crash.check(None, "final gc");
-    // No byte of any interrupted run is left: every pack byte is a header
-    // or a live record.
-    let stats = common::stats_json(&crash.store);
-    let packs = stats["packs"].as_u64().expect("packs");
-    let records = stats["record_bytes"].as_u64().expect("record_bytes");
-    assert_eq!(
-        stats["stored_bytes"].as_u64(),
-        Some(records + 16 * packs),
-        "leftover bytes in packs: {stats}"
-    );
+    common::assert_no_pack_leftovers(&crash.store);
     eprintln!(
         "{} runs killed ({gc_kills} of them gc), {} finished first, in {:?}",
         crash.interrupted,

@@ -58,6 +58,13 @@ fn pair(disk: &str, name: &str) -> (String, String) {
     (disk.to_string(), name.to_string())
 }
 
+/// Writes `name` into `disk`'s `.create` under the STEP timeout: the errno
+/// it failed with, if any. `what` names the step if it hangs.
+fn create_within(what: &str, disk: &Path, name: &'static str) -> Result<(), i32> {
+    let disk = disk.to_path_buf();
+    within(STEP, what, move || write_create(&disk, name))
+}
+
 /// Exports `disk/name` and compares it with `expected`.
 fn assert_export(store: &Path, disk: &str, name: &str, expected: &Path) {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -190,17 +197,11 @@ fn full_store_fails_create_with_enospc_in_the_mount_and_recovers() {
         let store = &setup.store;
         let mount = Mount::start(store);
         let (old_dir, new_dir) = (mount.disk("old"), mount.disk("new"));
-        within(STEP, "snapshot o1", {
-            let old_dir = old_dir.clone();
-            move || write_create(&old_dir, "o1")
-        })
-        .unwrap_or_else(|errno| panic!("snapshot o1 failed with errno {errno}"));
+        create_within("snapshot o1", &old_dir, "o1")
+            .unwrap_or_else(|errno| panic!("snapshot o1 failed with errno {errno}"));
         let before = store_state(store);
 
-        let result = within(STEP, "snapshot n1", {
-            let new_dir = new_dir.clone();
-            move || write_create(&new_dir, "n1")
-        });
+        let result = create_within("snapshot n1", &new_dir, "n1");
         assert_eq!(result, Err(libc::ENOSPC), ".status:\n{}", status(&new_dir));
         let text = status(&new_dir);
         assert!(
@@ -218,11 +219,7 @@ fn full_store_fails_create_with_enospc_in_the_mount_and_recovers() {
 
         fs::remove_file(old_dir.join("o1")).expect("rm o1 in the mount");
         ok_within(snapfs(store).arg("gc"));
-        within(STEP, "snapshot n1 after gc", {
-            let new_dir = new_dir.clone();
-            move || write_create(&new_dir, "n1")
-        })
-        .unwrap_or_else(|errno| {
+        create_within("snapshot n1 after gc", &new_dir, "n1").unwrap_or_else(|errno| {
             panic!(
                 "snapshot n1 after gc failed with errno {errno}:\n{}",
                 status(&new_dir)
@@ -251,10 +248,7 @@ fn mount_takes_snapshots_again_once_a_full_store_has_room() {
         let new_dir = mount.disk("new");
         // Room for one pack (128 MiB) and hardly more.
         let filler = fill_up_leaving(setup.fs.path(), 128 * MIB + 256 * 1024);
-        let result = within(STEP, "snapshot n1 on a full store", {
-            let new_dir = new_dir.clone();
-            move || write_create(&new_dir, "n1")
-        });
+        let result = create_within("snapshot n1 on a full store", &new_dir, "n1");
         assert_eq!(result, Err(libc::ENOSPC), ".status:\n{}", status(&new_dir));
         let text = status(&new_dir);
         assert!(
@@ -263,11 +257,7 @@ fn mount_takes_snapshots_again_once_a_full_store_has_room() {
             "the packs, not the database, must be the ones to run out of room:\n{text}"
         );
         fs::remove_file(&filler).expect("remove filler");
-        within(STEP, "snapshot n1 once there is room", {
-            let new_dir = new_dir.clone();
-            move || write_create(&new_dir, "n1")
-        })
-        .unwrap_or_else(|errno| {
+        create_within("snapshot n1 once there is room", &new_dir, "n1").unwrap_or_else(|errno| {
             panic!(
                 "snapshot n1 after freeing space failed with errno {errno}:\n{}",
                 status(&new_dir)
@@ -363,10 +353,7 @@ fn unreadable_source_fails_create_with_eio_in_the_mount() {
         let mount = Mount::start(store);
         let disk = mount.disk("flaky");
         let before = store_state(store);
-        let result = within(STEP, "snapshot f1", {
-            let disk = disk.clone();
-            move || write_create(&disk, "f1")
-        });
+        let result = create_within("snapshot f1", &disk, "f1");
         assert_eq!(result, Err(libc::EIO), ".status:\n{}", status(&disk));
         let text = status(&disk);
         let path = setup.source.path().display().to_string();
@@ -384,11 +371,8 @@ fn unreadable_source_fails_create_with_eio_in_the_mount() {
         );
 
         setup.source.set_failing(false);
-        within(STEP, "snapshot f1 again", {
-            let disk = disk.clone();
-            move || write_create(&disk, "f1")
-        })
-        .unwrap_or_else(|errno| panic!("snapshot f1 failed with errno {errno}"));
+        create_within("snapshot f1 again", &disk, "f1")
+            .unwrap_or_else(|errno| panic!("snapshot f1 failed with errno {errno}"));
         assert_same_file(&disk.join("f1"), &setup.backing);
         mount.unmount();
         ok_within(snapfs(store).arg("verify"));
@@ -414,7 +398,7 @@ fn mounted_store(seed: u64) -> MountedStore {
     ok(snapfs(&store).args(["disk", "add", "d"]).arg(&source));
     let mount = Mount::start(&store);
     let disk = mount.disk("d");
-    within(STEP, "snapshot s", move || write_create(&disk, "s"))
+    create_within("snapshot s", &disk, "s")
         .unwrap_or_else(|errno| panic!("snapshot s failed with errno {errno}"));
     MountedStore {
         tmp,
@@ -546,10 +530,7 @@ fn store_folder_removed_under_the_mount_gives_errors_not_hangs() {
     let disk = fx.mount.disk("d");
     fs::remove_dir_all(&fx.store).expect("rm -rf the store");
     let _ = read_snapshot_or_error(&disk.join("s"), &fx.source);
-    let result = within(STEP, "snapshot after rm -rf", {
-        let disk = disk.clone();
-        move || write_create(&disk, "s2")
-    });
+    let result = create_within("snapshot after rm -rf", &disk, "s2");
     assert_eq!(result, Err(libc::EIO), "a snapshot into a removed store");
     assert_store_gone_in_status(&disk);
     umount_after_store_loss(&mut fx);
@@ -567,10 +548,7 @@ fn store_folder_renamed_under_the_mount_stays_consistent() {
     let moved = fx.tmp.path().join("moved");
     fs::rename(&fx.store, &moved).expect("rename the store");
     let _ = read_snapshot_or_error(&disk.join("s"), &fx.source);
-    let result = within(STEP, "snapshot after the rename", {
-        let disk = disk.clone();
-        move || write_create(&disk, "s2")
-    });
+    let result = create_within("snapshot after the rename", &disk, "s2");
     // Even a snapshot that needs no new chunk (the same bytes as s) fails:
     // its packs could not be written, and the store is not where the user
     // will look for it.

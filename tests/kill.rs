@@ -339,14 +339,7 @@ impl World {
     /// packs: every pack byte is a header or a live record.
     fn assert_no_leftovers(&mut self) {
         self.full_gc("the end");
-        let stats = common::stats_json(&self.store);
-        let packs = stats["packs"].as_u64().expect("packs");
-        let records = stats["record_bytes"].as_u64().expect("record_bytes");
-        assert_eq!(
-            stats["stored_bytes"].as_u64(),
-            Some(records + 16 * packs),
-            "leftover bytes in packs: {stats}"
-        );
+        common::assert_no_pack_leftovers(&self.store);
     }
 
     fn summary(&self, test: &str, rounds: u32, started: Instant) {

@@ -364,6 +364,19 @@ pub fn stats_json(store: &Path) -> serde_json::Value {
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("bad stats JSON {e}: {out}"))
 }
 
+/// Every pack byte is a pack header or a live record: no byte of an
+/// interrupted run or of a deleted snapshot is left (after a full gc).
+pub fn assert_no_pack_leftovers(store: &Path) {
+    let stats = stats_json(store);
+    let packs = stats["packs"].as_u64().expect("packs");
+    let records = stats["record_bytes"].as_u64().expect("record_bytes");
+    assert_eq!(
+        stats["stored_bytes"].as_u64(),
+        Some(records + snapfs::store::pack::PACK_HEADER_LEN * packs),
+        "leftover bytes in packs: {stats}"
+    );
+}
+
 /// `added_bytes` of one snapshot, from `snapshot list --json`.
 pub fn snapshot_added_bytes(store: &Path, disk: &str, name: &str) -> u64 {
     let out = ok(snapfs(store).args(["snapshot", "list", disk, "--json"]));
