@@ -26,6 +26,7 @@ use std::time::Instant;
 
 use crate::error::{Error, IoContext, Result};
 use crate::hash::{is_all_zero, ChunkHash};
+use crate::snapshot::source::next_data_region;
 use crate::snapshot::{MapReader, MapRoot, SnapshotRecord};
 use crate::store::Store;
 pub use target::{Target, TargetKind};
@@ -305,16 +306,13 @@ fn hash_chunks(work: &Mutex<Receiver<HashWork>>, free: SyncSender<Vec<u8>>) {
     }
 }
 
-/// Where a file holds data, from SEEK_DATA/SEEK_HOLE; a file (or device)
-/// without hole support is all data.
+/// Where a file holds data (see `next_data_region`), asked in order.
 struct DataRegions<'f> {
     file: &'f File,
     size: u64,
-    /// The data region at or after the last position asked about.
+    /// The data region at or after the last position asked about;
+    /// (size, MAX) once only holes follow.
     region: Option<(u64, u64)>,
-    /// Only holes follow.
-    done: bool,
-    supported: bool,
 }
 
 impl<'f> DataRegions<'f> {
@@ -323,49 +321,18 @@ impl<'f> DataRegions<'f> {
             file,
             size,
             region: None,
-            done: false,
-            supported: true,
         }
     }
 
     /// True unless `start..end` lies in a hole. Positions must not go back.
     fn has_data(&mut self, start: u64, end: u64) -> bool {
-        loop {
-            if !self.supported {
-                return true;
-            }
-            if self.done {
-                return false;
-            }
-            if let Some((data, data_end)) = self.region {
-                if data_end > start {
-                    return data < end;
-                }
-            }
-            let fd = self.file.as_raw_fd();
-            let data = unsafe { libc::lseek(fd, start as libc::off_t, libc::SEEK_DATA) };
-            if data < 0 {
-                let err = std::io::Error::last_os_error();
-                if err.raw_os_error() == Some(libc::ENXIO) {
-                    self.done = true;
-                } else {
-                    self.supported = false;
-                }
-                continue;
-            }
-            let data = data as u64;
-            if data >= self.size {
-                self.done = true;
-                continue;
-            }
-            let hole = unsafe { libc::lseek(fd, data as libc::off_t, libc::SEEK_HOLE) };
-            let data_end = if hole < 0 {
-                self.size
-            } else {
-                (hole as u64).clamp(data + 1, self.size)
-            };
-            self.region = Some((data, data_end));
-        }
+        let (data, _) = match self.region {
+            Some(region) if region.1 > start => region,
+            _ => *self.region.insert(
+                next_data_region(self.file, start, self.size).unwrap_or((self.size, u64::MAX)),
+            ),
+        };
+        data < end
     }
 }
 

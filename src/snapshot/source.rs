@@ -82,29 +82,7 @@ impl Source {
     /// None when only a hole follows. Sources without hole support are all
     /// data.
     pub fn next_data(&self, pos: u64) -> Result<Option<(u64, u64)>> {
-        if pos >= self.size {
-            return Ok(None);
-        }
-        let fd = self.file.as_raw_fd();
-        let start = unsafe { libc::lseek(fd, pos as libc::off_t, libc::SEEK_DATA) };
-        if start < 0 {
-            let err = std::io::Error::last_os_error();
-            return match err.raw_os_error() {
-                Some(libc::ENXIO) => Ok(None),
-                _ => Ok(Some((pos, self.size))),
-            };
-        }
-        let start = (start as u64).min(self.size);
-        let end = unsafe { libc::lseek(fd, start as libc::off_t, libc::SEEK_HOLE) };
-        let end = if end < 0 {
-            self.size
-        } else {
-            (end as u64).min(self.size)
-        };
-        if start >= end {
-            return Ok(None);
-        }
-        Ok(Some((start, end)))
+        Ok(next_data_region(&self.file, pos, self.size))
     }
 
     /// Fills `buf` from `offset`; a short read means the source shrank.
@@ -130,4 +108,30 @@ impl Source {
             );
         }
     }
+}
+
+/// The next region of `file` (of `size` bytes) holding data at or after
+/// `pos`, as (start, end), from SEEK_DATA/SEEK_HOLE; None when only a hole
+/// follows. A file without hole support is all data.
+pub(crate) fn next_data_region(file: &File, pos: u64, size: u64) -> Option<(u64, u64)> {
+    if pos >= size {
+        return None;
+    }
+    let fd = file.as_raw_fd();
+    let start = unsafe { libc::lseek(fd, pos as libc::off_t, libc::SEEK_DATA) };
+    if start < 0 {
+        let err = std::io::Error::last_os_error();
+        return match err.raw_os_error() {
+            Some(libc::ENXIO) => None,
+            _ => Some((pos, size)),
+        };
+    }
+    let start = (start as u64).min(size);
+    let end = unsafe { libc::lseek(fd, start as libc::off_t, libc::SEEK_HOLE) };
+    let end = if end < 0 {
+        size
+    } else {
+        (end as u64).min(size)
+    };
+    (start < end).then_some((start, end))
 }
