@@ -11,7 +11,6 @@
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -24,6 +23,7 @@ use super::snapshot::{progress_bar, SnapshotCommand};
 use super::store_cmds::{open_export_output, ExportArgs};
 use super::Command;
 use snapfs::snapshot::names::{check_any_snapshot_name, check_disk_name, check_snapshot_name};
+use snapfs::snapshot::source::next_data_region;
 use snapfs::store::lock;
 use snapfs::units::format_bytes;
 
@@ -310,25 +310,10 @@ fn export(mnt: &Path, args: ExportArgs) -> Result<()> {
 
 /// Copies only the data regions that SEEK_DATA/SEEK_HOLE report.
 fn copy_sparse(from: &File, to: &File, size: u64) -> std::io::Result<()> {
-    let fd = from.as_raw_fd();
     let mut buf = vec![0u8; 1 << 20];
     let mut pos = 0u64;
-    while pos < size {
-        let data = unsafe { libc::lseek(fd, pos as libc::off_t, libc::SEEK_DATA) };
-        if data < 0 {
-            let err = std::io::Error::last_os_error();
-            if err.raw_os_error() == Some(libc::ENXIO) {
-                break;
-            }
-            return Err(err);
-        }
-        let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
-        let end = if hole < 0 {
-            size
-        } else {
-            (hole as u64).min(size)
-        };
-        let mut at = data as u64;
+    while let Some((data, end)) = next_data_region(from, pos, size) {
+        let mut at = data;
         while at < end {
             let want = ((end - at) as usize).min(buf.len());
             let n = from.read_at(&mut buf[..want], at)?;

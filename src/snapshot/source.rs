@@ -113,7 +113,7 @@ impl Source {
 /// The next region of `file` (of `size` bytes) holding data at or after
 /// `pos`, as (start, end), from SEEK_DATA/SEEK_HOLE; None when only a hole
 /// follows. A file without hole support is all data.
-pub(crate) fn next_data_region(file: &File, pos: u64, size: u64) -> Option<(u64, u64)> {
+pub fn next_data_region(file: &File, pos: u64, size: u64) -> Option<(u64, u64)> {
     if pos >= size {
         return None;
     }
