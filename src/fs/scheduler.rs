@@ -15,8 +15,10 @@ use chrono::{DateTime, Local, TimeZone};
 use super::SnapFs;
 use crate::policy::prune::prune;
 use crate::policy::schedule::next_due;
+use crate::policy::Policy;
 use crate::snapshot::names::AUTO_PREFIX;
 use crate::store::gc::gc;
+use crate::store::Store;
 
 /// How often policies are looked at.
 const TICK: Duration = Duration::from_secs(1);
@@ -79,41 +81,52 @@ impl Runner {
             self.last_prune = Instant::now();
         }
         for (disk, policy) in policies {
-            if prune_all {
-                self.spawn_work(&disk, None);
+            let snapshot = self.due_snapshot(&store, &disk, &policy, now);
+            // One thread per disk: a snapshot's work prunes after it anyway.
+            if snapshot.is_some() || prune_all {
+                self.spawn_work(&disk, snapshot);
             }
-            if !policy.schedules() {
-                continue;
-            }
-            let last_auto = store.snapshots(Some(&disk)).ok().and_then(|list| {
-                list.iter()
-                    .filter(|s| s.name.starts_with(AUTO_PREFIX))
-                    .map(|s| s.created_ms)
-                    .max()
-            });
-            let last_auto = last_auto.and_then(|ms| Local.timestamp_millis_opt(ms).earliest());
-            let last = match (last_auto, self.last_attempt.get(&disk)) {
-                (Some(a), Some(b)) => Some(a.max(*b)),
-                (a, b) => a.or(b.copied()),
-            };
-            let Some(due) = next_due(&policy, last.as_ref(), &now) else {
-                continue;
-            };
-            if due > now {
-                continue;
-            }
-            self.last_attempt.insert(disk.clone(), now);
-            let name = format!("{AUTO_PREFIX}-{}", now.format("%Y%m%d-%H%M%S"));
-            if store.is_running(&disk) {
-                let why = "the previous snapshot of this disk is still running";
-                log::info!("policy of disk {disk}: skipped {name}: {why}");
-                self.fs
-                    .status()
-                    .note(&disk, &format!("skipped {name}: {why}"));
-                continue;
-            }
-            self.spawn_work(&disk, Some((name, policy.max_rate)));
         }
+    }
+
+    /// The automatic snapshot (name, rate cap) `disk`'s policy wants now,
+    /// if any and if none of that disk is still running.
+    fn due_snapshot(
+        &mut self,
+        store: &Store,
+        disk: &str,
+        policy: &Policy,
+        now: DateTime<Local>,
+    ) -> Option<(String, Option<u64>)> {
+        if !policy.schedules() {
+            return None;
+        }
+        let last_auto = store.snapshots(Some(disk)).ok().and_then(|list| {
+            list.iter()
+                .filter(|s| s.name.starts_with(AUTO_PREFIX))
+                .map(|s| s.created_ms)
+                .max()
+        });
+        let last_auto = last_auto.and_then(|ms| Local.timestamp_millis_opt(ms).earliest());
+        let last = match (last_auto, self.last_attempt.get(disk)) {
+            (Some(a), Some(b)) => Some(a.max(*b)),
+            (a, b) => a.or(b.copied()),
+        };
+        let due = next_due(policy, last.as_ref(), &now)?;
+        if due > now {
+            return None;
+        }
+        self.last_attempt.insert(disk.to_string(), now);
+        let name = format!("{AUTO_PREFIX}-{}", now.format("%Y%m%d-%H%M%S"));
+        if store.is_running(disk) {
+            let why = "the previous snapshot of this disk is still running";
+            log::info!("policy of disk {disk}: skipped {name}: {why}");
+            self.fs
+                .status()
+                .note(disk, &format!("skipped {name}: {why}"));
+            return None;
+        }
+        Some((name, policy.max_rate))
     }
 
     /// On a thread of its own: take a snapshot (if given), then prune the
