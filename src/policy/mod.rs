@@ -152,6 +152,26 @@ pub fn parse_days(text: &str) -> Result<Vec<u8>> {
     Ok(days)
 }
 
+/// None for `none`, else what `parse` makes of the value.
+fn unless_none<T>(value: &str, parse: impl FnOnce(&str) -> Result<T>) -> Result<Option<T>> {
+    if value == "none" {
+        Ok(None)
+    } else {
+        parse(value).map(Some)
+    }
+}
+
+fn parse_retain_days(days: &str) -> Result<u32> {
+    days.parse::<u32>()
+        .ok()
+        .filter(|d| (1..=MAX_RETAIN_DAYS).contains(d))
+        .ok_or_else(|| {
+            invalid(format!(
+                "retain-days={days}: expected 1 to {MAX_RETAIN_DAYS} or forever"
+            ))
+        })
+}
+
 fn parse_count(key: &str, value: &str) -> Result<u32> {
     value
         .parse::<u32>()
@@ -183,87 +203,24 @@ impl Policy {
         self.validate()
     }
 
-    /// One setting, by the names `.policy` and `policy show` use.
+    /// One setting, by the names `.policy` and `policy show` use; `none`
+    /// clears it.
     pub fn set(&mut self, key: &str, value: &str) -> Result<()> {
-        let clear = value == "none";
+        let count = |v: &str| parse_count(key, v);
         match key {
-            "at" => {
-                self.at = if clear {
-                    Vec::new()
-                } else {
-                    parse_hours(value)?
-                }
-            }
-            "days" => {
-                self.days = if clear {
-                    Vec::new()
-                } else {
-                    parse_days(value)?
-                }
-            }
-            "every" => {
-                self.every_secs = if clear {
-                    None
-                } else {
-                    Some(parse_duration(value)?.as_secs())
-                }
-            }
-            "retain-days" => {
-                self.retain_days = match value {
-                    "forever" | "none" => None,
-                    days => Some(
-                        days.parse::<u32>()
-                            .ok()
-                            .filter(|d| (1..=MAX_RETAIN_DAYS).contains(d))
-                            .ok_or_else(|| {
-                                invalid(format!(
-                                    "retain-days={days}: expected 1 to {MAX_RETAIN_DAYS} or forever"
-                                ))
-                            })?,
-                    ),
-                }
-            }
-            "keep-last" => {
-                self.keep.last = if clear {
-                    None
-                } else {
-                    Some(parse_count(key, value)?)
-                }
-            }
-            "keep-hourly" => {
-                self.keep.hourly = if clear {
-                    None
-                } else {
-                    Some(parse_count(key, value)?)
-                }
-            }
-            "keep-daily" => {
-                self.keep.daily = if clear {
-                    None
-                } else {
-                    Some(parse_count(key, value)?)
-                }
-            }
-            "keep-weekly" => {
-                self.keep.weekly = if clear {
-                    None
-                } else {
-                    Some(parse_count(key, value)?)
-                }
-            }
-            "keep-monthly" => {
-                self.keep.monthly = if clear {
-                    None
-                } else {
-                    Some(parse_count(key, value)?)
-                }
-            }
+            "at" => self.at = unless_none(value, parse_hours)?.unwrap_or_default(),
+            "days" => self.days = unless_none(value, parse_days)?.unwrap_or_default(),
+            "every" => self.every_secs = unless_none(value, |v| Ok(parse_duration(v)?.as_secs()))?,
+            "retain-days" if value == "forever" => self.retain_days = None,
+            "retain-days" => self.retain_days = unless_none(value, parse_retain_days)?,
+            "keep-last" => self.keep.last = unless_none(value, count)?,
+            "keep-hourly" => self.keep.hourly = unless_none(value, count)?,
+            "keep-daily" => self.keep.daily = unless_none(value, count)?,
+            "keep-weekly" => self.keep.weekly = unless_none(value, count)?,
+            "keep-monthly" => self.keep.monthly = unless_none(value, count)?,
             "max-rate" => {
-                self.max_rate = if clear {
-                    None
-                } else {
-                    Some(parse_size(value).map_err(invalid)?).filter(|r| *r > 0)
-                }
+                self.max_rate =
+                    unless_none(value, |v| parse_size(v).map_err(invalid))?.filter(|r| *r > 0)
             }
             other => {
                 return Err(invalid(format!(
