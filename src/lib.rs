@@ -40,13 +40,16 @@
 //! | `Store::running` | one snapshot per disk (or a rollback of it) | EBUSY |
 //! | flock + OFD write lock on the target | a rollback | the disk being written |
 
+pub mod catalog;
 pub mod error;
 pub mod fs;
 pub mod fuse;
 pub mod hash;
 pub mod image;
+pub mod map;
 pub mod modes;
 pub mod policy;
+pub mod repository;
 pub mod rollback;
 pub mod snapshot;
 pub mod stats;
@@ -56,4 +59,5 @@ pub mod verify;
 
 pub use error::{Error, Result};
 pub use hash::ChunkHash;
+pub use repository::Repository;
 pub use store::{OpenOptions, Store, StoreConfig};

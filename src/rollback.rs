@@ -24,10 +24,12 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::Mutex;
 use std::time::Instant;
 
+use crate::catalog::SnapshotRecord;
 use crate::error::{Error, IoContext, Result};
 use crate::hash::{is_all_zero, ChunkHash};
+use crate::map::MapReader;
+use crate::repository::Repository;
 use crate::snapshot::source::next_data_region;
-use crate::snapshot::{MapReader, MapRoot, SnapshotRecord};
 use crate::store::Store;
 pub use target::{Target, TargetKind};
 
@@ -89,7 +91,7 @@ pub struct RollbackReport {
 
 /// Writes `record` onto `target`; `progress` gets the bytes compared so far.
 pub fn rollback(
-    store: &Store,
+    repo: &Repository,
     record: &SnapshotRecord,
     target: &Target,
     progress: &mut dyn FnMut(u64),
@@ -107,7 +109,8 @@ pub fn rollback(
         ))
         .into());
     }
-    let _pin = Pinned::new(store, record.map);
+    let _pin = repo.pins().pin(record.map);
+    let store = repo.store();
     let mut report = RollbackReport {
         disk: record.disk.clone(),
         snapshot: record.name.clone(),
@@ -354,25 +357,5 @@ fn punch_hole(file: &File, offset: u64, len: u64) -> std::io::Result<bool> {
     match err.raw_os_error() {
         Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => Ok(false),
         _ => Err(err),
-    }
-}
-
-/// Keeps a snapshot's map (and so its chunks) alive through gc while the
-/// rollback reads it, even if the snapshot is deleted meanwhile.
-struct Pinned<'s> {
-    store: &'s Store,
-    root: MapRoot,
-}
-
-impl<'s> Pinned<'s> {
-    fn new(store: &'s Store, root: MapRoot) -> Pinned<'s> {
-        store.pin(root);
-        Pinned { store, root }
-    }
-}
-
-impl Drop for Pinned<'_> {
-    fn drop(&mut self) {
-        self.store.unpin(self.root);
     }
 }

@@ -3,8 +3,8 @@
 use std::fs;
 
 use crate::error::{Error, IoContext, Result};
+use crate::repository::Repository;
 use crate::store::pack::Location;
-use crate::store::Store;
 
 #[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct Stats {
@@ -30,12 +30,13 @@ pub struct Stats {
     pub compression_ratio: f64,
 }
 
-pub fn stats(store: &Store) -> Result<Stats> {
+pub fn stats(repo: &Repository) -> Result<Stats> {
+    let store = repo.store();
     let mut stats = Stats {
-        disks: store.disks()?.len(),
+        disks: repo.catalog().disks()?.len(),
         ..Stats::default()
     };
-    for snapshot in store.snapshots(None)? {
+    for snapshot in repo.catalog().snapshots(None)? {
         stats.snapshots += 1;
         stats.logical_bytes += snapshot.size;
         stats.nonzero_bytes += snapshot.nonzero_bytes;

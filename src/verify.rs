@@ -3,8 +3,9 @@
 
 use std::collections::HashMap;
 
+use crate::catalog::SnapshotRecord;
 use crate::hash::ChunkHash;
-use crate::snapshot::{MapReader, SnapshotRecord};
+use crate::map::MapReader;
 use crate::store::Store;
 
 #[derive(Debug, Clone, serde::Serialize)]

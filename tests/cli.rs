@@ -16,7 +16,8 @@ use common::{
     usage_error, write_random_file, Rng,
 };
 use snapfs::snapshot::{create_snapshot, CreateOptions};
-use snapfs::store::{OpenOptions, Store};
+use snapfs::store::OpenOptions;
+use snapfs::Repository;
 use tempfile::TempDir;
 
 /// A store with one disk `d` (1 MiB of random data) and one snapshot
@@ -262,13 +263,13 @@ fn source_that_shrinks_during_snapshot_fails_and_leaves_nothing() {
     write_random_file(&source, 192 << 20, &mut Rng::new(2));
     let store_dir = tmp.path().join("store");
     {
-        let store = Store::open(&store_dir, &OpenOptions::default()).expect("open");
-        store.add_disk("d", &source).expect("add");
+        let store = Repository::open(&store_dir, &OpenOptions::default()).expect("open");
+        store.catalog().add_disk("d", &source).expect("add");
         create_snapshot(&store, "d", "first", &CreateOptions::default()).expect("first");
     }
     let before = store_state(&store_dir);
     {
-        let store = Store::open(&store_dir, &OpenOptions::default()).expect("open");
+        let store = Repository::open(&store_dir, &OpenOptions::default()).expect("open");
         let file = fs::OpenOptions::new()
             .write(true)
             .open(&source)
@@ -368,7 +369,7 @@ fn locked_store_names_the_holding_pid() {
     let before = store_state(&fx.store);
     let pid = std::process::id().to_string();
     {
-        let _held = Store::open(
+        let _held = Repository::open(
             &fx.store,
             &OpenOptions {
                 create: None,
@@ -389,7 +390,7 @@ fn locked_store_names_the_holding_pid() {
             );
         }
         // A second open in the same process is refused the same way.
-        let second = Store::open(&fx.store, &OpenOptions::default());
+        let second = Repository::open(&fx.store, &OpenOptions::default());
         assert!(matches!(second, Err(snapfs::Error::Locked { .. })));
     }
     assert_eq!(store_state(&fx.store), before);
@@ -671,13 +672,13 @@ fn busy_disk_refuses_a_second_snapshot_and_a_removed_disk_aborts_the_first() {
     write_random_file(&other, 1 << 20, &mut Rng::new(5));
     let store_dir = tmp.path().join("store");
     {
-        let store = Store::open(&store_dir, &OpenOptions::default()).expect("open");
-        store.add_disk("busy", &source).expect("add");
-        store.add_disk("other", &other).expect("add");
+        let store = Repository::open(&store_dir, &OpenOptions::default()).expect("open");
+        store.catalog().add_disk("busy", &source).expect("add");
+        store.catalog().add_disk("other", &other).expect("add");
         create_snapshot(&store, "other", "keep", &CreateOptions::default()).expect("keep");
     }
     let before = store_state(&store_dir);
-    let store = Store::open(&store_dir, &OpenOptions::default()).expect("open");
+    let store = Repository::open(&store_dir, &OpenOptions::default()).expect("open");
     let (running_tx, running_rx) = mpsc::channel::<()>();
     let (go_tx, go_rx) = mpsc::channel::<()>();
     let running_tx = std::sync::Mutex::new(Some(running_tx));
@@ -712,8 +713,12 @@ fn busy_disk_refuses_a_second_snapshot_and_a_removed_disk_aborts_the_first() {
         // Another disk is not busy.
         create_snapshot(store, "other", "meanwhile", &CreateOptions::default())
             .expect("a snapshot of another disk");
-        store.remove_snapshot("other", "meanwhile").expect("rm");
         store
+            .catalog()
+            .remove_snapshot("other", "meanwhile")
+            .expect("rm");
+        store
+            .catalog()
             .remove_disk("busy", true)
             .expect("remove the busy disk");
         go_tx.send(()).expect("go");

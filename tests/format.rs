@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use snapfs::hash::ChunkHash;
-use snapfs::snapshot::map::encode_page;
+use snapfs::map::encode_page;
 use snapfs::store::pack::{pack_path, Codec, Location, PackWriter};
 
 fn check_golden(name: &str, bytes: &[u8]) {
@@ -75,15 +75,16 @@ fn map_page_layout_is_frozen() {
 
 #[test]
 fn damaged_chunk_marks_are_frozen() {
-    use snapfs::store::{Ingest, OpenOptions, Store};
+    use snapfs::store::{Ingest, OpenOptions};
+    use snapfs::Repository;
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("store");
     let plain = b"a chunk that will be damaged".repeat(8);
     let hash = {
-        let store = Store::open(&root, &OpenOptions::default()).unwrap();
-        let mut ingest = Ingest::new(&store);
+        let store = Repository::open(&root, &OpenOptions::default()).unwrap();
+        let mut ingest = Ingest::new(store.store(), &store);
         let hash = ingest.put_plain(&plain).unwrap();
-        ingest.commit(&|_| Ok(())).unwrap();
+        ingest.commit(&[], &|_| Ok(())).unwrap();
         hash
     };
     // Damage the record's last byte, then read it: the read marks it.
@@ -97,9 +98,9 @@ fn damaged_chunk_marks_are_frozen() {
     *bytes.last_mut().unwrap() ^= 1;
     std::fs::write(&pack, bytes).unwrap();
     {
-        let store = Store::open(&root, &OpenOptions::default()).unwrap();
-        assert!(store.read_verified(&hash).is_err());
-        store.flush().unwrap();
+        let store = Repository::open(&root, &OpenOptions::default()).unwrap();
+        assert!(store.store().read_verified(&hash).is_err());
+        store.store().flush().unwrap();
     }
     // FORMAT.md: tree `damaged`, key the 32-byte hash, value empty.
     let db = sled::open(root.join("db")).unwrap();

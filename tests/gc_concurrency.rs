@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use snapfs::image::ImageReader;
 use snapfs::snapshot::{create_snapshot, CreateOptions};
-use snapfs::store::gc::gc;
-use snapfs::store::{OpenOptions, Store, StoreConfig};
+use snapfs::store::{OpenOptions, StoreConfig};
+use snapfs::Repository;
 
 const DISK_SIZE: usize = 6 << 20;
 
@@ -40,7 +40,7 @@ fn snapshots_and_reads_survive_concurrent_gc() {
         ..StoreConfig::default()
     };
     let store = Arc::new(
-        Store::open(
+        Repository::open(
             &dir.path().join("store"),
             &OpenOptions {
                 create: Some(config),
@@ -51,7 +51,7 @@ fn snapshots_and_reads_survive_concurrent_gc() {
     );
     let source = dir.path().join("disk.img");
     std::fs::write(&source, disk_contents(0)).unwrap();
-    store.add_disk("d", &source).unwrap();
+    store.catalog().add_disk("d", &source).unwrap();
 
     let expected: Arc<Mutex<HashMap<String, Vec<u8>>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
@@ -70,7 +70,7 @@ fn snapshots_and_reads_survive_concurrent_gc() {
                 expected.lock().unwrap().insert(name, data);
                 if round > 3 && round.is_multiple_of(2) {
                     let old = format!("s{}", round - 3);
-                    store.remove_snapshot("d", &old).unwrap();
+                    store.catalog().remove_snapshot("d", &old).unwrap();
                     expected.lock().unwrap().remove(&old);
                 }
             }
@@ -79,13 +79,13 @@ fn snapshots_and_reads_survive_concurrent_gc() {
         // gc over and over, reclaiming every dead byte.
         scope.spawn(|| {
             while !stop.load(Ordering::Relaxed) {
-                gc(&store, 0).unwrap();
+                store.gc(0).unwrap();
             }
         });
         // A reader that keeps a snapshot open across its deletion and gc.
         scope.spawn(|| {
             while !stop.load(Ordering::Relaxed) {
-                let snapshots = store.snapshots(Some("d")).unwrap();
+                let snapshots = store.catalog().snapshots(Some("d")).unwrap();
                 let Some(record) = snapshots.first().cloned() else {
                     continue;
                 };
@@ -101,11 +101,11 @@ fn snapshots_and_reads_survive_concurrent_gc() {
         });
     });
 
-    gc(&store, 0).unwrap();
-    store.clear_cache();
+    store.gc(0).unwrap();
+    store.store().clear_cache();
     let expected = expected.lock().unwrap();
     assert!(expected.len() >= 3, "too few rounds ran to mean anything");
-    for record in store.snapshots(Some("d")).unwrap() {
+    for record in store.catalog().snapshots(Some("d")).unwrap() {
         let reader = ImageReader::new(store.clone(), record.clone());
         let mut got = vec![0u8; DISK_SIZE];
         reader.read_at(0, &mut got).unwrap();
@@ -115,6 +115,10 @@ fn snapshots_and_reads_survive_concurrent_gc() {
             record.name
         );
     }
-    let report = snapfs::verify::verify(&store, &store.snapshots(None).unwrap(), &mut |_| {});
+    let report = snapfs::verify::verify(
+        store.store(),
+        &store.catalog().snapshots(None).unwrap(),
+        &mut |_| {},
+    );
     assert!(report.damage.is_empty(), "{:?}", report.damage);
 }

@@ -16,13 +16,14 @@ use common::damage::{
 };
 use common::{need_fuse, ok, run_timeout, snapfs};
 use snapfs::hash::ChunkHash;
-use snapfs::snapshot::map::encode_page;
-use snapfs::store::{Ingest, OpenOptions, Store};
+use snapfs::map::encode_page;
+use snapfs::store::{Ingest, OpenOptions};
+use snapfs::Repository;
 
 /// Replaces the (single, leaf) map page of `d/one` with a page of
 /// `entries`, stored as a proper chunk so that only its meaning is wrong.
 fn replace_map_of_one(store_dir: &Path, edit: impl Fn(Vec<ChunkHash>) -> Vec<ChunkHash>) {
-    let store = Store::open(
+    let store = Repository::open(
         store_dir,
         &OpenOptions {
             create: None,
@@ -30,14 +31,14 @@ fn replace_map_of_one(store_dir: &Path, edit: impl Fn(Vec<ChunkHash>) -> Vec<Chu
         },
     )
     .expect("open store");
-    let record = store.snapshot("d", "one").expect("snapshot one");
+    let record = store.catalog().snapshot("d", "one").expect("snapshot one");
     assert_eq!(record.map.height, 1, "one leaf page");
-    let page = store.get(&record.map.root).expect("map page");
+    let page = store.store().get(&record.map.root).expect("map page");
     let entries: Vec<ChunkHash> = page[12..]
         .chunks(32)
         .map(|e| ChunkHash::from_slice(e).expect("hash"))
         .collect();
-    let mut ingest = Ingest::new(&store);
+    let mut ingest = Ingest::new(store.store(), &store);
     let root = ingest
         .put_plain(&encode_page(0, &edit(entries)))
         .expect("store page");
@@ -46,9 +47,11 @@ fn replace_map_of_one(store_dir: &Path, edit: impl Fn(Vec<ChunkHash>) -> Vec<Chu
     let mut key = b"d\0".to_vec();
     key.extend_from_slice(&record.id.to_be_bytes());
     let json = serde_json::to_vec(&edited).expect("JSON");
+    // The catalog never writes a wrong record: the test writes its tree.
+    let snapshots = store.store().open_tree("snapshots").expect("tree");
     ingest
-        .commit(&|trees| {
-            trees.snapshots.insert(key.as_slice(), json.as_slice())?;
+        .commit(&[&snapshots], &|trees| {
+            trees.extra[0].insert(key.as_slice(), json.as_slice())?;
             Ok(())
         })
         .expect("commit");

@@ -25,10 +25,11 @@ use std::sync::Arc;
 use common::Rng;
 use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
+use snapfs::catalog::SnapshotRecord;
 use snapfs::image::{export, ExportTarget, ImageReader};
-use snapfs::snapshot::{create_snapshot, CreateOptions, SnapshotRecord};
-use snapfs::store::gc::gc;
-use snapfs::store::{Compression, OpenOptions, Store, StoreConfig};
+use snapfs::snapshot::{create_snapshot, CreateOptions};
+use snapfs::store::{Compression, OpenOptions, StoreConfig};
+use snapfs::Repository;
 
 const CHUNK: u64 = 64 << 10;
 
@@ -40,13 +41,13 @@ fn config() -> StoreConfig {
     }
 }
 
-fn open(dir: &Path) -> Arc<Store> {
+fn open(dir: &Path) -> Arc<Repository> {
     let options = OpenOptions {
         create: Some(config()),
         // A small cache, so that reads after gc come from the packs.
         cache_bytes: 1 << 20,
     };
-    Arc::new(Store::open(dir, &options).expect("open store"))
+    Arc::new(Repository::open(dir, &options).expect("open store"))
 }
 
 /// What a written range holds.
@@ -205,12 +206,17 @@ struct Taken {
     content: Arc<Vec<u8>>,
 }
 
-fn check_export(store: &Store, taken: &Taken, out_dir: &Path, rng: &mut Rng) {
+fn check_export(store: &Repository, taken: &Taken, out_dir: &Path, rng: &mut Rng) {
     let name = &taken.record.name;
     let path = out_dir.join(format!("{name}.img"));
     let file = File::create(&path).expect("create export file");
-    export(store, &taken.record, ExportTarget::File(&file), &mut |_| {})
-        .unwrap_or_else(|e| panic!("export of {name} failed: {e}"));
+    export(
+        store.store(),
+        &taken.record,
+        ExportTarget::File(&file),
+        &mut |_| {},
+    )
+    .unwrap_or_else(|e| panic!("export of {name} failed: {e}"));
     drop(file);
     let exported = fs::read(&path).expect("read export");
     assert_image_eq(
@@ -223,7 +229,7 @@ fn check_export(store: &Store, taken: &Taken, out_dir: &Path, rng: &mut Rng) {
     if rng.below(2) == 0 {
         let mut stream = Vec::new();
         export(
-            store,
+            store.store(),
             &taken.record,
             ExportTarget::Stream(&mut stream),
             &mut |_| {},
@@ -280,8 +286,9 @@ fn assert_image_eq(actual: &[u8], expected: &[u8], what: &str) {
     }
 }
 
-fn check_all(store: &Arc<Store>, taken: &[Taken], out_dir: &Path, rng: &mut Rng) {
+fn check_all(store: &Arc<Repository>, taken: &[Taken], out_dir: &Path, rng: &mut Rng) {
     let listed: Vec<String> = store
+        .catalog()
         .snapshots(Some("d"))
         .expect("list")
         .into_iter()
@@ -294,7 +301,11 @@ fn check_all(store: &Arc<Store>, taken: &[Taken], out_dir: &Path, rng: &mut Rng)
         let reader = ImageReader::new(store.clone(), t.record.clone());
         check_reader(&reader, &t.content, rng, 8);
     }
-    let report = snapfs::verify::verify(store, &store.snapshots(None).expect("list"), &mut |_| {});
+    let report = snapfs::verify::verify(
+        store.store(),
+        &store.catalog().snapshots(None).expect("list"),
+        &mut |_| {},
+    );
     assert!(report.damage.is_empty(), "verify: {:?}", report.damage);
 }
 
@@ -315,7 +326,7 @@ fn run_case(initial: Vec<Change>, steps: Vec<Step>, seed: u64) {
     };
     let mut rng = Rng::new(seed);
     let mut store = open(&store_dir);
-    store.add_disk("d", &source).expect("add disk");
+    store.catalog().add_disk("d", &source).expect("add disk");
     for change in &initial {
         disk.apply(change);
     }
@@ -347,25 +358,31 @@ fn run_case(initial: Vec<Change>, steps: Vec<Step>, seed: u64) {
             match action {
                 Between::Remove(i) if !taken.is_empty() => {
                     let victim = taken.remove(i % taken.len());
-                    store.remove_snapshot("d", &victim.record.name).expect("rm");
+                    store
+                        .catalog()
+                        .remove_snapshot("d", &victim.record.name)
+                        .expect("rm");
                 }
                 Between::RemoveWhileOpen(i, min_dead) if !taken.is_empty() => {
                     let victim = taken.remove(i % taken.len());
                     let reader = ImageReader::new(store.clone(), victim.record.clone());
-                    store.remove_snapshot("d", &victim.record.name).expect("rm");
-                    gc(&store, *min_dead).expect("gc");
-                    store.clear_cache();
+                    store
+                        .catalog()
+                        .remove_snapshot("d", &victim.record.name)
+                        .expect("rm");
+                    store.gc(*min_dead).expect("gc");
+                    store.store().clear_cache();
                     check_reader(&reader, &victim.content, &mut rng, 16);
                     let mut whole = vec![0u8; victim.content.len()];
                     let n = reader.read_at(0, &mut whole).expect("read whole image");
                     assert_eq!(n, whole.len());
                     assert_image_eq(&whole, &victim.content, "open image after rm and gc");
                     drop(reader);
-                    gc(&store, *min_dead).expect("gc after close");
+                    store.gc(*min_dead).expect("gc after close");
                 }
                 Between::Gc(min_dead) => {
-                    gc(&store, *min_dead).expect("gc");
-                    store.clear_cache();
+                    store.gc(*min_dead).expect("gc");
+                    store.store().clear_cache();
                 }
                 Between::Reopen => {
                     drop(store);
@@ -378,7 +395,7 @@ fn run_case(initial: Vec<Change>, steps: Vec<Step>, seed: u64) {
     }
     // Everything survives a final full gc and a reopen, and after it every
     // pack byte is a header or a live record.
-    gc(&store, 0).expect("final gc");
+    store.gc(0).expect("final gc");
     drop(store);
     let store = open(&store_dir);
     check_all(&store, &taken, &out_dir, &mut rng);
@@ -438,7 +455,7 @@ fn two_level_map_incremental_snapshot_costs_one_chunk_and_its_pages() {
         file.write_all_at(&rng.bytes(20_000), at).expect("write");
     }
     let store = open(&tmp.path().join("store"));
-    store.add_disk("vm1/big", &source).expect("add");
+    store.catalog().add_disk("vm1/big", &source).expect("add");
     let first = create_snapshot(&store, "vm1/big", "one", &CreateOptions::default()).expect("one");
     assert_eq!(first.map.height, 2);
     let one = fs::read(&source).expect("read source");
@@ -495,7 +512,7 @@ fn sparse_three_level_map_reads_back() {
         pieces.push((at, data));
     }
     let store = open(&tmp.path().join("store"));
-    store.add_disk("huge", &source).expect("add");
+    store.catalog().add_disk("huge", &source).expect("add");
     let record = create_snapshot(&store, "huge", "s", &CreateOptions::default()).expect("snapshot");
     assert_eq!(record.map.height, 3);
     assert_eq!(record.size, size);
@@ -515,7 +532,7 @@ fn sparse_three_level_map_reads_back() {
         reader.next_data(CHUNK).expect("next_data"),
         Some(CHUNK * 1024 * 3)
     );
-    let report = snapfs::verify::verify(&store, &[record], &mut |_| {});
+    let report = snapfs::verify::verify(store.store(), &[record], &mut |_| {});
     assert!(report.damage.is_empty(), "{:?}", report.damage);
 }
 
@@ -532,7 +549,7 @@ fn gc_alongside_snapshots_and_readers_loses_nothing() {
     for (i, disk) in disks.iter().enumerate() {
         let source = tmp.path().join(format!("disk{i}.img"));
         common::write_random_file(&source, size, &mut Rng::new(i as u64));
-        store.add_disk(disk, &source).expect("add");
+        store.catalog().add_disk(disk, &source).expect("add");
     }
     let live: Mutex<Vec<Taken>> = Mutex::new(Vec::new());
     let writers_done = std::sync::atomic::AtomicUsize::new(0);
@@ -572,11 +589,14 @@ fn gc_alongside_snapshots_and_readers_loses_nothing() {
                         let index = rng.below(live.len() as u64) as usize;
                         let victim = live.remove(index);
                         store
+                            .catalog()
                             .remove_snapshot(&victim.record.disk, &victim.record.name)
                             .expect("rm");
                     }
                 }
-                gc(store, if rng.below(2) == 0 { 0 } else { 10 }).expect("gc");
+                store
+                    .gc(if rng.below(2) == 0 { 0 } else { 10 })
+                    .expect("gc");
                 // Read a random live snapshot through an image reader.
                 let pick = {
                     let live = live.lock().expect("lock");
@@ -592,15 +612,15 @@ fn gc_alongside_snapshots_and_readers_loses_nothing() {
             }
         });
     });
-    gc(&store, 0).expect("final gc");
-    store.clear_cache();
+    store.gc(0).expect("final gc");
+    store.store().clear_cache();
     let mut rng = Rng::new(8);
     let live = live.into_inner().expect("lock");
     for taken in &live {
         check_export(&store, taken, tmp.path(), &mut rng);
     }
-    let all = store.snapshots(None).expect("list");
+    let all = store.catalog().snapshots(None).expect("list");
     assert_eq!(all.len(), live.len());
-    let report = snapfs::verify::verify(&store, &all, &mut |_| {});
+    let report = snapfs::verify::verify(store.store(), &all, &mut |_| {});
     assert!(report.damage.is_empty(), "{:?}", report.damage);
 }

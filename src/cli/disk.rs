@@ -7,8 +7,8 @@ use clap::Subcommand;
 
 use super::{print_json, Output};
 use snapfs::snapshot::source::Source;
-use snapfs::store::Store;
 use snapfs::units::{format_bytes, rfc3339_ms};
+use snapfs::Repository;
 
 #[derive(Subcommand, Debug)]
 pub enum DiskCommand {
@@ -38,10 +38,10 @@ struct DiskRow {
     size: Option<u64>,
 }
 
-pub fn run(store: &Store, command: DiskCommand, out: &mut Output) -> Result<()> {
+pub fn run(repo: &Repository, command: DiskCommand, out: &mut Output) -> Result<()> {
     match command {
         DiskCommand::Add { name, source } => {
-            let record = store.add_disk(&name, &source)?;
+            let record = repo.catalog().add_disk(&name, &source)?;
             let size = Source::open(&record.source).map(|s| s.size()).unwrap_or(0);
             writeln!(
                 out.out,
@@ -53,9 +53,9 @@ pub fn run(store: &Store, command: DiskCommand, out: &mut Output) -> Result<()> 
         }
         DiskCommand::List { json } => {
             let mut rows = Vec::new();
-            for disk in store.disks()? {
+            for disk in repo.catalog().disks()? {
                 rows.push(DiskRow {
-                    snapshots: store.snapshots(Some(&disk.name))?.len(),
+                    snapshots: repo.catalog().snapshots(Some(&disk.name))?.len(),
                     size: Source::open(&disk.source).ok().map(|s| s.size()),
                     added: rfc3339_ms(disk.added_ms),
                     name: disk.name,
@@ -86,7 +86,7 @@ pub fn run(store: &Store, command: DiskCommand, out: &mut Output) -> Result<()> 
             name,
             with_snapshots,
         } => {
-            store.remove_disk(&name, with_snapshots)?;
+            repo.catalog().remove_disk(&name, with_snapshots)?;
             writeln!(out.out, "removed disk {name}")?;
         }
     }

@@ -21,7 +21,8 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
-use snapfs::store::{OpenOptions, Store};
+use snapfs::store::OpenOptions;
+use snapfs::Repository;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -98,14 +99,14 @@ pub fn store_dir(cli_store: Option<PathBuf>) -> Result<PathBuf> {
 }
 
 /// Opens the store, creating it with default settings when missing.
-pub fn open_store(dir: &Path, cache_bytes: Option<u64>) -> Result<Arc<Store>> {
+pub fn open_store(dir: &Path, cache_bytes: Option<u64>) -> Result<Arc<Repository>> {
     let mut options = OpenOptions::default();
     if let Some(bytes) = cache_bytes {
         options.cache_bytes = bytes;
     }
-    let store = Store::open(dir, &options)
+    let repo = Repository::open(dir, &options)
         .with_context(|| format!("cannot open store {}", dir.display()))?;
-    Ok(Arc::new(store))
+    Ok(Arc::new(repo))
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -125,32 +126,32 @@ pub fn run(cli: Cli) -> Result<()> {
         (command, Some(mnt)) => remote::run(&mnt, command),
         (Command::Export(args), None) => store_cmds::export(&*open_store(&dir, None)?, args),
         (command, None) => {
-            let store = open_store(&dir, None)?;
+            let repo = open_store(&dir, None)?;
             let stdout = std::io::stdout();
             let mut lock = stdout.lock();
             let mut out = Output {
                 out: &mut lock,
                 interactive: true,
             };
-            execute(&store, command, &mut out)
+            execute(&repo, command, &mut out)
         }
     }
 }
 
 /// Runs a command against an open store; the mount runs `.control`
 /// requests through here too.
-pub fn execute(store: &Store, command: Command, out: &mut Output) -> Result<()> {
+pub fn execute(repo: &Repository, command: Command, out: &mut Output) -> Result<()> {
     match command {
-        Command::Disk(command) => disk::run(store, command, out),
-        Command::Snapshot(command) => snapshot::run(store, command, out),
-        Command::Gc(args) => store_cmds::gc(store, args, out),
-        Command::Verify(args) => store_cmds::verify(store, args, out),
-        Command::Stats(args) => store_cmds::stats(store, args, out),
-        Command::Policy(command) => policy::run(store, command, out),
-        Command::Prune(args) => policy::prune_command(store, args, out),
-        Command::Export(args) => store_cmds::export(store, args),
-        Command::Rollback(args) => rollback::run(store, args, out),
-        Command::Init(_) => bail!("a store exists at {}", store.root().display()),
+        Command::Disk(command) => disk::run(repo, command, out),
+        Command::Snapshot(command) => snapshot::run(repo, command, out),
+        Command::Gc(args) => store_cmds::gc(repo, args, out),
+        Command::Verify(args) => store_cmds::verify(repo, args, out),
+        Command::Stats(args) => store_cmds::stats(repo, args, out),
+        Command::Policy(command) => policy::run(repo, command, out),
+        Command::Prune(args) => policy::prune_command(repo, args, out),
+        Command::Export(args) => store_cmds::export(repo, args),
+        Command::Rollback(args) => rollback::run(repo, args, out),
+        Command::Init(_) => bail!("a store exists at {}", repo.store().root().display()),
         Command::Mount(_) | Command::Umount(_) => {
             bail!("the store is already mounted; run mount and umount outside of it")
         }

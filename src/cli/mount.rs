@@ -23,8 +23,9 @@ use super::remote::{mountpoint_of, ControlResponse};
 use super::{execute, open_store, Cli, Output};
 use snapfs::fs::{scheduler, ControlHandler, MountOptions, SnapFs};
 use snapfs::fuse::FuseAdapter;
-use snapfs::store::{lock, Store};
+use snapfs::store::lock;
 use snapfs::units::parse_size;
+use snapfs::Repository;
 
 /// Set in the daemon's environment: the fd to report readiness on.
 const READY_FD_ENV: &str = "SNAPFS_READY_FD";
@@ -93,7 +94,8 @@ pub fn mount(dir: &Path, args: MountArgs) -> Result<()> {
     // Signals are taken by sigwait in this thread: block them before any
     // thread starts so that every thread inherits the mask.
     let signals = block_signals();
-    let store = open_store(dir, Some(args.cache_size))?;
+    let repo = open_store(dir, Some(args.cache_size))?;
+    let store = repo.store();
     let store_root = store.root().canonicalize()?;
     if mountpoint.starts_with(&store_root) || store_root.starts_with(&mountpoint) {
         bail!(
@@ -102,12 +104,12 @@ pub fn mount(dir: &Path, args: MountArgs) -> Result<()> {
             store_root.display()
         );
     }
-    register_disks(&store, &args.disks)?;
+    register_disks(&repo, &args.disks)?;
 
     let cancel = Arc::new(AtomicBool::new(false));
     let fs = SnapFs::new(
-        store.clone(),
-        control_handler(store.clone()),
+        repo.clone(),
+        control_handler(repo.clone()),
         MountOptions {
             cancel: Some(cancel.clone()),
             max_rate: args.max_rate,
@@ -252,12 +254,12 @@ fn fuse_config(args: &MountArgs) -> Result<Config> {
     Ok(config)
 }
 
-fn register_disks(store: &Store, disks: &[String]) -> Result<()> {
+fn register_disks(repo: &Repository, disks: &[String]) -> Result<()> {
     for spec in disks {
         let Some((name, source)) = spec.split_once('=') else {
             bail!("--disk {spec:?}: expected NAME=SOURCE");
         };
-        match store.disk(name) {
+        match repo.catalog().disk(name) {
             Ok(existing) => {
                 let wanted = Path::new(source).canonicalize().ok();
                 if wanted.as_deref() != Some(existing.source.as_path()) {
@@ -268,7 +270,7 @@ fn register_disks(store: &Store, disks: &[String]) -> Result<()> {
                 }
             }
             Err(_) => {
-                store.add_disk(name, Path::new(source))?;
+                repo.catalog().add_disk(name, Path::new(source))?;
             }
         }
     }
@@ -276,14 +278,14 @@ fn register_disks(store: &Store, disks: &[String]) -> Result<()> {
 }
 
 /// Runs `.control` requests with the same code as local commands.
-fn control_handler(store: Arc<Store>) -> ControlHandler {
+fn control_handler(repo: Arc<Repository>) -> ControlHandler {
     Box::new(move |request: &[u8]| {
-        let response = run_control_request(&store, request);
+        let response = run_control_request(&repo, request);
         serde_json::to_vec(&response).unwrap_or_default()
     })
 }
 
-fn run_control_request(store: &Store, request: &[u8]) -> ControlResponse {
+fn run_control_request(repo: &Repository, request: &[u8]) -> ControlResponse {
     let args: Vec<String> = match serde_json::from_slice(request) {
         Ok(args) => args,
         Err(e) => {
@@ -308,7 +310,7 @@ fn run_control_request(store: &Store, request: &[u8]) -> ControlResponse {
     };
     let mut stdout = Vec::new();
     let result = execute(
-        store,
+        repo,
         cli.command,
         &mut Output {
             out: &mut stdout,

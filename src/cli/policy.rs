@@ -6,7 +6,7 @@ use clap::{Args, Subcommand};
 use super::{print_json, Output};
 use snapfs::policy::prune::prune;
 use snapfs::policy::Policy;
-use snapfs::store::Store;
+use snapfs::Repository;
 
 #[derive(Subcommand, Debug)]
 pub enum PolicyCommand {
@@ -70,10 +70,10 @@ pub struct PruneArgs {
     json: bool,
 }
 
-pub fn run(store: &Store, command: PolicyCommand, out: &mut Output) -> Result<()> {
+pub fn run(repo: &Repository, command: PolicyCommand, out: &mut Output) -> Result<()> {
     match command {
         PolicyCommand::Set(args) => {
-            let mut policy = store.policy(&args.disk)?.unwrap_or_default();
+            let mut policy = repo.catalog().policy(&args.disk)?.unwrap_or_default();
             let settings = [
                 ("at", &args.at),
                 ("days", &args.days),
@@ -91,17 +91,18 @@ pub fn run(store: &Store, command: PolicyCommand, out: &mut Output) -> Result<()
                     policy.set(key, value)?;
                 }
             }
-            store.set_policy(&args.disk, &policy)?;
+            repo.catalog().set_policy(&args.disk, &policy)?;
             writeln!(out.out, "policy of disk {}: {policy}", args.disk)?;
         }
         PolicyCommand::Show { disk, json } => {
             let policies: Vec<(String, Policy)> = match disk {
-                Some(disk) => store
+                Some(disk) => repo
+                    .catalog()
                     .policy(&disk)?
                     .map(|p| (disk, p))
                     .into_iter()
                     .collect(),
-                None => store.policies()?,
+                None => repo.catalog().policies()?,
             };
             if json {
                 let rows: Vec<serde_json::Value> = policies
@@ -120,7 +121,7 @@ pub fn run(store: &Store, command: PolicyCommand, out: &mut Output) -> Result<()
             }
         }
         PolicyCommand::Rm { disk } => {
-            if store.remove_policy(&disk)? {
+            if repo.catalog().remove_policy(&disk)? {
                 writeln!(out.out, "removed the policy of disk {disk}")?;
             } else {
                 writeln!(out.out, "disk {disk} had no policy")?;
@@ -130,13 +131,14 @@ pub fn run(store: &Store, command: PolicyCommand, out: &mut Output) -> Result<()
     Ok(())
 }
 
-pub fn prune_command(store: &Store, args: PruneArgs, out: &mut Output) -> Result<()> {
+pub fn prune_command(repo: &Repository, args: PruneArgs, out: &mut Output) -> Result<()> {
     let disks: Vec<String> = match args.disk {
         Some(disk) => {
-            store.disk(&disk)?;
+            repo.catalog().disk(&disk)?;
             vec![disk]
         }
-        None => store
+        None => repo
+            .catalog()
             .policies()?
             .into_iter()
             .map(|(disk, _)| disk)
@@ -144,7 +146,7 @@ pub fn prune_command(store: &Store, args: PruneArgs, out: &mut Output) -> Result
     };
     let mut results = Vec::new();
     for disk in disks {
-        results.push(prune(store, &disk, args.dry_run)?);
+        results.push(prune(repo.catalog(), &disk, args.dry_run)?);
     }
     if args.json {
         return print_json(out, &results);

@@ -22,7 +22,7 @@ use super::disk::DiskCommand;
 use super::snapshot::{progress_bar, SnapshotCommand};
 use super::store_cmds::{open_export_output, ExportArgs};
 use super::Command;
-use snapfs::snapshot::names::{check_any_snapshot_name, check_disk_name, check_snapshot_name};
+use snapfs::catalog::names::{check_any_snapshot_name, check_disk_name, check_snapshot_name};
 use snapfs::snapshot::source::next_data_region;
 use snapfs::store::lock;
 use snapfs::units::format_bytes;

@@ -9,8 +9,8 @@ use clap::Args;
 use super::snapshot::progress_bar;
 use super::{print_json, Output};
 use snapfs::rollback::{rollback, RollbackReport, Target, TargetKind};
-use snapfs::store::Store;
 use snapfs::units::format_bytes;
+use snapfs::Repository;
 
 #[derive(Args, Debug)]
 pub struct RollbackArgs {
@@ -52,9 +52,9 @@ impl RollbackArgs {
     }
 }
 
-pub fn run(store: &Store, args: RollbackArgs, out: &mut Output) -> Result<()> {
-    let record = store.snapshot(&args.disk, &args.snapshot)?;
-    let disk = store.disk(&args.disk)?;
+pub fn run(repo: &Repository, args: RollbackArgs, out: &mut Output) -> Result<()> {
+    let record = repo.catalog().snapshot(&args.disk, &args.snapshot)?;
+    let disk = repo.catalog().disk(&args.disk)?;
     let path = args.to.clone().unwrap_or_else(|| disk.source.clone());
     if args.to.is_none() && !path.exists() {
         bail!(
@@ -67,7 +67,7 @@ pub fn run(store: &Store, args: RollbackArgs, out: &mut Output) -> Result<()> {
     // No snapshot of the disk may read it while it is rewritten.
     let is_source = path.canonicalize().is_ok_and(|p| p == disk.source);
     let _busy = if is_source {
-        Some(store.start_running(&args.disk)?)
+        Some(repo.running().start(&args.disk)?)
     } else {
         None
     };
@@ -107,7 +107,7 @@ pub fn run(store: &Store, args: RollbackArgs, out: &mut Output) -> Result<()> {
     if let Some(bar) = &bar {
         bar.set_length(record.size);
     }
-    let result = rollback(store, &record, &target, &mut |done| {
+    let result = rollback(repo, &record, &target, &mut |done| {
         if let Some(bar) = &bar {
             bar.set_position(done);
         }

@@ -7,10 +7,11 @@ use clap::Subcommand;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::{print_json, Output};
-use snapfs::snapshot::{create_snapshot, CreateOptions, Progress, SnapshotRecord};
-use snapfs::store::Store;
+use snapfs::catalog::SnapshotRecord;
+use snapfs::snapshot::{create_snapshot, CreateOptions, Progress};
 use snapfs::units::parse_size;
 use snapfs::units::{format_bytes, format_time_ms, rfc3339_ms};
+use snapfs::Repository;
 
 #[derive(Subcommand, Debug)]
 pub enum SnapshotCommand {
@@ -75,7 +76,7 @@ impl From<&SnapshotRecord> for SnapshotRow {
     }
 }
 
-pub fn run(store: &Store, command: SnapshotCommand, out: &mut Output) -> Result<()> {
+pub fn run(repo: &Repository, command: SnapshotCommand, out: &mut Output) -> Result<()> {
     match command {
         SnapshotCommand::Create {
             disk,
@@ -95,7 +96,7 @@ pub fn run(store: &Store, command: SnapshotCommand, out: &mut Output) -> Result<
                 ..CreateOptions::default()
             };
             let started = std::time::Instant::now();
-            let result = create_snapshot(store, &disk, &name, &options);
+            let result = create_snapshot(repo, &disk, &name, &options);
             if let Some(bar) = &bar {
                 bar.finish_and_clear();
             }
@@ -113,7 +114,7 @@ pub fn run(store: &Store, command: SnapshotCommand, out: &mut Output) -> Result<
             )?;
         }
         SnapshotCommand::List { disk, json } => {
-            let snapshots = store.snapshots(disk.as_deref())?;
+            let snapshots = repo.catalog().snapshots(disk.as_deref())?;
             let rows: Vec<SnapshotRow> = snapshots.iter().map(SnapshotRow::from).collect();
             if json {
                 return print_json(out, &rows);
@@ -137,22 +138,22 @@ pub fn run(store: &Store, command: SnapshotCommand, out: &mut Output) -> Result<
             }
         }
         SnapshotCommand::Rm { disk, name } => {
-            store.remove_snapshot(&disk, &name)?;
+            repo.catalog().remove_snapshot(&disk, &name)?;
             writeln!(
                 out.out,
                 "removed snapshot {name} of disk {disk}; run snapfs gc to reclaim its space"
             )?;
         }
         SnapshotCommand::Protect { disk, name } => {
-            store.protect_snapshot(&disk, &name, true)?;
+            repo.catalog().protect_snapshot(&disk, &name, true)?;
             writeln!(out.out, "protected snapshot {name} of disk {disk}")?;
         }
         SnapshotCommand::Unprotect { disk, name } => {
-            store.protect_snapshot(&disk, &name, false)?;
+            repo.catalog().protect_snapshot(&disk, &name, false)?;
             writeln!(out.out, "unprotected snapshot {name} of disk {disk}")?;
         }
         SnapshotCommand::Rename { disk, old, new } => {
-            store.rename_snapshot(&disk, &old, &new)?;
+            repo.catalog().rename_snapshot(&disk, &old, &new)?;
             writeln!(out.out, "renamed snapshot {old} of disk {disk} to {new}")?;
         }
     }

@@ -10,8 +10,9 @@ use clap::Args;
 use super::snapshot::progress_bar;
 use super::{print_json, Output};
 use snapfs::image::{export as export_image, ExportTarget};
-use snapfs::store::{gc as gc_store, Compression, Store, StoreConfig};
+use snapfs::store::{Compression, StoreConfig};
 use snapfs::units::{format_bytes, parse_size};
+use snapfs::Repository;
 
 #[derive(Args, Debug)]
 pub struct InitArgs {
@@ -71,7 +72,8 @@ pub fn init(dir: &Path, args: InitArgs) -> Result<()> {
         compression: args.compression,
         zstd_level: args.level,
     };
-    Store::init(dir, config).with_context(|| format!("cannot create store {}", dir.display()))?;
+    Repository::init(dir, config)
+        .with_context(|| format!("cannot create store {}", dir.display()))?;
     println!(
         "created store {} (chunk size {}, compression {})",
         dir.display(),
@@ -81,8 +83,8 @@ pub fn init(dir: &Path, args: InitArgs) -> Result<()> {
     Ok(())
 }
 
-pub fn export(store: &Store, args: ExportArgs) -> Result<()> {
-    let record = store.snapshot(&args.disk, &args.snapshot)?;
+pub fn export(repo: &Repository, args: ExportArgs) -> Result<()> {
+    let record = repo.catalog().snapshot(&args.disk, &args.snapshot)?;
     let bar = progress_bar(true);
     if let Some(bar) = &bar {
         bar.set_length(record.size);
@@ -96,7 +98,7 @@ pub fn export(store: &Store, args: ExportArgs) -> Result<()> {
         let stdout = std::io::stdout();
         let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
         export_image(
-            store,
+            repo.store(),
             &record,
             ExportTarget::Stream(&mut out),
             &mut progress,
@@ -104,11 +106,16 @@ pub fn export(store: &Store, args: ExportArgs) -> Result<()> {
     } else {
         let (file, is_regular) = open_export_output(&args.output)?;
         if is_regular {
-            export_image(store, &record, ExportTarget::File(&file), &mut progress)
+            export_image(
+                repo.store(),
+                &record,
+                ExportTarget::File(&file),
+                &mut progress,
+            )
         } else {
             let mut out: &File = &file;
             export_image(
-                store,
+                repo.store(),
                 &record,
                 ExportTarget::Stream(&mut out),
                 &mut progress,
@@ -160,8 +167,8 @@ pub fn open_export_output(path: &Path) -> Result<(File, bool)> {
     Ok((file, is_regular))
 }
 
-pub fn gc(store: &Store, args: GcArgs, out: &mut Output) -> Result<()> {
-    let report = gc_store::gc(store, args.min_dead)?;
+pub fn gc(repo: &Repository, args: GcArgs, out: &mut Output) -> Result<()> {
+    let report = repo.gc(args.min_dead)?;
     if args.json {
         return print_json(out, &report);
     }
@@ -184,17 +191,17 @@ pub fn gc(store: &Store, args: GcArgs, out: &mut Output) -> Result<()> {
     Ok(())
 }
 
-pub fn verify(store: &Store, args: VerifyArgs, out: &mut Output) -> Result<()> {
+pub fn verify(repo: &Repository, args: VerifyArgs, out: &mut Output) -> Result<()> {
     let snapshots = match (&args.disk, &args.snapshot) {
-        (Some(disk), Some(name)) => vec![store.snapshot(disk, name)?],
-        (Some(disk), None) => store.snapshots(Some(disk))?,
-        _ => store.snapshots(None)?,
+        (Some(disk), Some(name)) => vec![repo.catalog().snapshot(disk, name)?],
+        (Some(disk), None) => repo.catalog().snapshots(Some(disk))?,
+        _ => repo.catalog().snapshots(None)?,
     };
     let bar = progress_bar(out.interactive);
     if let Some(bar) = &bar {
         bar.set_length(snapshots.len() as u64);
     }
-    let report = snapfs::verify::verify(store, &snapshots, &mut |done| {
+    let report = snapfs::verify::verify(repo.store(), &snapshots, &mut |done| {
         if let Some(bar) = &bar {
             bar.set_position(done as u64);
         }
@@ -232,8 +239,8 @@ pub fn verify(store: &Store, args: VerifyArgs, out: &mut Output) -> Result<()> {
     Ok(())
 }
 
-pub fn stats(store: &Store, args: StatsArgs, out: &mut Output) -> Result<()> {
-    let stats = snapfs::stats::stats(store)?;
+pub fn stats(repo: &Repository, args: StatsArgs, out: &mut Output) -> Result<()> {
+    let stats = snapfs::stats::stats(repo)?;
     if args.json {
         return print_json(out, &stats);
     }

@@ -22,11 +22,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::catalog::names::{check_snapshot_name, shown};
+use crate::catalog::{DiskRecord, SnapshotRecord};
 use crate::error::Error;
 use crate::image::{ImageReader, ReadData};
-use crate::snapshot::names::{check_snapshot_name, shown};
-use crate::snapshot::{create_snapshot, CreateOptions, DiskRecord, SnapshotRecord};
-use crate::store::Store;
+use crate::repository::Repository;
+use crate::snapshot::{create_snapshot, CreateOptions};
 use inodes::InodeTable;
 pub use inodes::{Node, ROOT_INO};
 use prefetch::{Prefetcher, ReadState};
@@ -154,7 +155,7 @@ impl Default for MountOptions {
 }
 
 pub struct SnapFs {
-    store: Arc<Store>,
+    repo: Arc<Repository>,
     inodes: InodeTable,
     handles: Mutex<HashMap<u64, Arc<Handle>>>,
     next_fh: AtomicU64,
@@ -179,9 +180,9 @@ fn name_str(name: &OsStr) -> FsResult<&str> {
 }
 
 impl SnapFs {
-    pub fn new(store: Arc<Store>, control: ControlHandler, options: MountOptions) -> SnapFs {
+    pub fn new(repo: Arc<Repository>, control: ControlHandler, options: MountOptions) -> SnapFs {
         SnapFs {
-            store,
+            repo,
             inodes: InodeTable::default(),
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
@@ -194,8 +195,8 @@ impl SnapFs {
         }
     }
 
-    pub fn store(&self) -> &Arc<Store> {
-        &self.store
+    pub fn repo(&self) -> &Arc<Repository> {
+        &self.repo
     }
 
     pub fn status(&self) -> &StatusBoard {
@@ -204,10 +205,10 @@ impl SnapFs {
 
     fn catalog(&self) -> FsResult<Arc<Catalog>> {
         let mut cached = self.catalog.lock().unwrap_or_else(|e| e.into_inner());
-        let generation = self.store.generation();
+        let generation = self.repo.catalog().generation();
         if cached.generation != Some(generation) {
             let mut snapshots: HashMap<String, Vec<SnapshotRecord>> = HashMap::new();
-            for record in self.store.snapshots(None)? {
+            for record in self.repo.catalog().snapshots(None)? {
                 snapshots
                     .entry(record.disk.clone())
                     .or_default()
@@ -215,7 +216,7 @@ impl SnapFs {
             }
             *cached = Arc::new(Catalog {
                 generation: Some(generation),
-                disks: self.store.disks()?,
+                disks: self.repo.catalog().disks()?,
                 snapshots,
             });
         }
@@ -452,7 +453,7 @@ impl SnapFs {
                     return Err(FsError::new(libc::EROFS));
                 }
                 let record = self.snapshot_by_id(&disk, id)?;
-                let reader = Arc::new(ImageReader::new(self.store.clone(), record));
+                let reader = Arc::new(ImageReader::new(self.repo.clone(), record));
                 let state = Mutex::new(ReadState::default());
                 (Handle::Image { reader, state }, false, true)
             }
@@ -610,7 +611,7 @@ impl SnapFs {
     ) -> FsResult<()> {
         // Checked and marked at once, so that of two writers racing here
         // one is refused and the running one keeps its progress line.
-        if self.store.is_running(disk) || !self.status.try_start(disk, name) {
+        if self.repo.running().is_running(disk) || !self.status.try_start(disk, name) {
             self.refuse(
                 disk,
                 name,
@@ -628,7 +629,7 @@ impl SnapFs {
             ..CreateOptions::default()
         };
         let started = std::time::Instant::now();
-        match create_snapshot(&self.store, disk, name, &options) {
+        match create_snapshot(&self.repo, disk, name, &options) {
             Ok(record) => {
                 let seconds = started.elapsed().as_secs_f64();
                 log::info!("snapshot {name} of disk {disk} accomplished in {seconds:.1} s");
@@ -645,7 +646,7 @@ impl SnapFs {
 
     /// What `.policy` shows: the policy's settings, or `none`.
     fn policy_text(&self, disk: &str) -> FsResult<String> {
-        Ok(match self.store.policy(disk)? {
+        Ok(match self.repo.catalog().policy(disk)? {
             Some(policy) => format!("{policy}\n"),
             None => "none\n".to_string(),
         })
@@ -657,12 +658,12 @@ impl SnapFs {
         let text = String::from_utf8_lossy(data);
         let text = text.trim();
         let result = if text == "none" {
-            self.store.remove_policy(disk).map(|_| ())
+            self.repo.catalog().remove_policy(disk).map(|_| ())
         } else {
             let mut policy = crate::policy::Policy::default();
             policy
                 .apply_text(text)
-                .and_then(|()| self.store.set_policy(disk, &policy))
+                .and_then(|()| self.repo.catalog().set_policy(disk, &policy))
         };
         // One line in `.status` and the log, however long or many-lined.
         let text = shown(&text.split_whitespace().collect::<Vec<_>>().join(" "));
@@ -705,7 +706,7 @@ impl SnapFs {
         let name = name_str(name)?;
         match self.child(&parent, name)? {
             Node::Snapshot { disk, .. } => {
-                self.store.remove_snapshot(&disk, name)?;
+                self.repo.catalog().remove_snapshot(&disk, name)?;
                 log::info!("deleted snapshot {name} of disk {disk}");
                 Ok(())
             }
@@ -731,7 +732,7 @@ impl SnapFs {
                 }
                 let new_name = new_name.to_str().ok_or(FsError::new(libc::EINVAL))?;
                 check_snapshot_name(new_name)?;
-                self.store.rename_snapshot(&disk, name, new_name)?;
+                self.repo.catalog().rename_snapshot(&disk, name, new_name)?;
                 log::info!("renamed snapshot {name} of disk {disk} to {new_name}");
                 Ok(())
             }
@@ -773,7 +774,7 @@ impl SnapFs {
                 ("user.snapfs.pid".into(), std::process::id().to_string()),
                 (
                     "user.snapfs.store".into(),
-                    self.store.root().display().to_string(),
+                    self.repo.store().root().display().to_string(),
                 ),
             ],
             Node::Disk(disk) => vec![
@@ -827,7 +828,7 @@ impl SnapFs {
 
     /// The store filesystem's space, as statvfs reports it.
     pub fn statfs(&self) -> FsResult<libc::statvfs> {
-        let path = std::ffi::CString::new(self.store.root().as_os_str().as_encoded_bytes())
+        let path = std::ffi::CString::new(self.repo.store().root().as_os_str().as_encoded_bytes())
             .map_err(|_| FsError::new(libc::EIO))?;
         let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
         if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 {

@@ -13,12 +13,11 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Local, TimeZone};
 
 use super::SnapFs;
+use crate::catalog::names::AUTO_PREFIX;
 use crate::policy::prune::prune;
 use crate::policy::schedule::next_due;
 use crate::policy::Policy;
-use crate::snapshot::names::AUTO_PREFIX;
-use crate::store::gc::gc;
-use crate::store::Store;
+use crate::repository::Repository;
 
 /// How often policies are looked at.
 const TICK: Duration = Duration::from_secs(1);
@@ -67,8 +66,8 @@ pub fn spawn(fs: Arc<SnapFs>, stop: Arc<AtomicBool>) -> std::io::Result<JoinHand
 impl Runner {
     fn tick(&mut self) {
         self.threads.retain(|t| !t.is_finished());
-        let store = self.fs.store().clone();
-        let policies = match store.policies() {
+        let repo = self.fs.repo().clone();
+        let policies = match repo.catalog().policies() {
             Ok(policies) => policies,
             Err(e) => {
                 log::error!("cannot read policies: {e}");
@@ -81,7 +80,7 @@ impl Runner {
             self.last_prune = Instant::now();
         }
         for (disk, policy) in policies {
-            let snapshot = self.due_snapshot(&store, &disk, &policy, now);
+            let snapshot = self.due_snapshot(&repo, &disk, &policy, now);
             // One thread per disk: a snapshot's work prunes after it anyway.
             if snapshot.is_some() || prune_all {
                 self.spawn_work(&disk, snapshot);
@@ -93,7 +92,7 @@ impl Runner {
     /// if any and if none of that disk is still running.
     fn due_snapshot(
         &mut self,
-        store: &Store,
+        repo: &Repository,
         disk: &str,
         policy: &Policy,
         now: DateTime<Local>,
@@ -101,7 +100,7 @@ impl Runner {
         if !policy.schedules() {
             return None;
         }
-        let last_auto = store.snapshots(Some(disk)).ok().and_then(|list| {
+        let last_auto = repo.catalog().snapshots(Some(disk)).ok().and_then(|list| {
             list.iter()
                 .filter(|s| s.name.starts_with(AUTO_PREFIX))
                 .map(|s| s.created_ms)
@@ -118,7 +117,7 @@ impl Runner {
         }
         self.last_attempt.insert(disk.to_string(), now);
         let name = format!("{AUTO_PREFIX}-{}", now.format("%Y%m%d-%H%M%S"));
-        if store.is_running(disk) {
+        if repo.running().is_running(disk) {
             let why = "the previous snapshot of this disk is still running";
             log::info!("policy of disk {disk}: skipped {name}: {why}");
             self.fs
@@ -141,7 +140,7 @@ impl Runner {
                 // Failures are logged and shown in .status by take_snapshot.
                 let _ = fs.take_snapshot(&disk, &name, true, max_rate);
             }
-            match prune(fs.store(), &disk, false) {
+            match prune(fs.repo().catalog(), &disk, false) {
                 Ok(pruned) if !pruned.snapshots.is_empty() => {
                     let line = format!("pruned {}", pruned.snapshots.join(" "));
                     log::info!("policy of disk {disk}: {line}");
@@ -169,12 +168,12 @@ fn maybe_gc(fs: &SnapFs, dead_estimate: &AtomicU64, gc_running: &AtomicBool) {
     if dead == 0 {
         return;
     }
-    let packs = crate::stats::dir_size(fs.store().packs_dir());
+    let packs = crate::stats::dir_size(fs.repo().store().packs_dir());
     if dead * 10 < packs || gc_running.swap(true, Ordering::SeqCst) {
         return;
     }
     dead_estimate.store(0, Ordering::Relaxed);
-    match gc(fs.store(), 10) {
+    match fs.repo().gc(10) {
         Ok(report) => log::info!(
             "background gc: {} chunks removed, {} bytes freed",
             report.removed_chunks,

@@ -5,8 +5,9 @@ use std::collections::{HashMap, VecDeque};
 use std::fmt::Write;
 use std::sync::Mutex;
 
-use crate::snapshot::catalog::now_ms;
-use crate::snapshot::{Progress, SnapshotRecord};
+use crate::catalog::now_ms;
+use crate::catalog::SnapshotRecord;
+use crate::snapshot::Progress;
 use crate::units::{format_bytes, format_time_ms};
 
 /// Outcomes kept per disk.

@@ -5,8 +5,9 @@ use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 
+use crate::catalog::SnapshotRecord;
 use crate::error::{Error, IoContext, Result};
-use crate::snapshot::{MapReader, SnapshotRecord};
+use crate::map::MapReader;
 use crate::store::Store;
 
 pub enum ExportTarget<'a> {

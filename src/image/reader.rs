@@ -5,10 +5,11 @@
 
 use std::sync::Arc;
 
+use crate::catalog::SnapshotRecord;
 use crate::error::{Error, Result};
 use crate::hash::ChunkHash;
-use crate::snapshot::{MapReader, SnapshotRecord};
-use crate::store::Store;
+use crate::map::MapReader;
+use crate::repository::Repository;
 
 /// Bytes read from an image: borrowed from the chunk cache or owned.
 pub enum ReadData {
@@ -40,16 +41,16 @@ impl From<Vec<u8>> for ReadData {
 }
 
 pub struct ImageReader {
-    store: Arc<Store>,
+    repo: Arc<Repository>,
     record: SnapshotRecord,
 }
 
 impl ImageReader {
     /// Opens a snapshot for reading. Its map stays alive through gc until
     /// the reader is dropped, even if the snapshot is deleted meanwhile.
-    pub fn new(store: Arc<Store>, record: SnapshotRecord) -> ImageReader {
-        store.pin(record.map);
-        ImageReader { store, record }
+    pub fn new(repo: Arc<Repository>, record: SnapshotRecord) -> ImageReader {
+        repo.pins().add(record.map);
+        ImageReader { repo, record }
     }
 
     pub fn record(&self) -> &SnapshotRecord {
@@ -65,7 +66,7 @@ impl ImageReader {
     }
 
     fn map(&self) -> MapReader<'_> {
-        MapReader::new(&self.store, self.record.map)
+        MapReader::new(self.repo.store(), self.record.map)
     }
 
     pub fn chunk_hash(&self, chunk: u64) -> Result<ChunkHash> {
@@ -84,7 +85,7 @@ impl ImageReader {
         if hash.is_zero() {
             return Ok(None);
         }
-        let data = self.store.get(&hash)?;
+        let data = self.repo.store().get(&hash)?;
         if data.len() as u64 != self.chunk_len(chunk) {
             return Err(Error::BadMetadata(format!(
                 "chunk {hash} at offset {} holds {} bytes, the image needs {}",
@@ -166,6 +167,6 @@ impl ImageReader {
 
 impl Drop for ImageReader {
     fn drop(&mut self) {
-        self.store.unpin(self.record.map);
+        self.repo.pins().remove(self.record.map);
     }
 }

@@ -8,7 +8,6 @@
 pub mod prune;
 pub mod retention;
 pub mod schedule;
-mod stored;
 
 use std::fmt;
 use std::time::Duration;

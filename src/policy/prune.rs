@@ -4,10 +4,10 @@
 use chrono::Local;
 
 use super::retention::{to_delete, Candidate};
+use crate::catalog::names::AUTO_PREFIX;
+use crate::catalog::Catalog;
+use crate::catalog::SnapshotRecord;
 use crate::error::Result;
-use crate::snapshot::names::AUTO_PREFIX;
-use crate::snapshot::SnapshotRecord;
-use crate::store::Store;
 
 /// What a prune removed (or, dry, would remove).
 #[derive(Debug, Default, Clone, serde::Serialize)]
@@ -20,11 +20,11 @@ pub struct Pruned {
 }
 
 /// The automatic snapshots of `disk` its policy does not keep, oldest first.
-pub fn prune_candidates(store: &Store, disk: &str) -> Result<Vec<SnapshotRecord>> {
-    let Some(policy) = store.policy(disk)? else {
+pub fn prune_candidates(catalog: &Catalog, disk: &str) -> Result<Vec<SnapshotRecord>> {
+    let Some(policy) = catalog.policy(disk)? else {
         return Ok(Vec::new());
     };
-    let automatic: Vec<SnapshotRecord> = store
+    let automatic: Vec<SnapshotRecord> = catalog
         .snapshots(Some(disk))?
         .into_iter()
         .filter(|s| s.name.starts_with(AUTO_PREFIX))
@@ -45,14 +45,14 @@ pub fn prune_candidates(store: &Store, disk: &str) -> Result<Vec<SnapshotRecord>
 }
 
 /// Applies the policy of `disk`; with `dry_run` only says what would go.
-pub fn prune(store: &Store, disk: &str, dry_run: bool) -> Result<Pruned> {
+pub fn prune(catalog: &Catalog, disk: &str, dry_run: bool) -> Result<Pruned> {
     let mut pruned = Pruned {
         disk: disk.to_string(),
         ..Pruned::default()
     };
-    for record in prune_candidates(store, disk)? {
+    for record in prune_candidates(catalog, disk)? {
         if !dry_run {
-            match store.remove_snapshot(disk, &record.name) {
+            match catalog.remove_snapshot(disk, &record.name) {
                 Ok(_) => {}
                 // Protected or renamed meanwhile: not ours to delete now.
                 Err(e) => {

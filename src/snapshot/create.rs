@@ -13,13 +13,14 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use super::catalog::{encode, now_ms, snapshot_key, SnapshotRecord};
-use super::map::MapBuilder;
-use super::names::{check_any_snapshot_name, check_snapshot_name};
+use super::running::RunningGuard;
 use super::source::Source;
+use crate::catalog::names::{check_any_snapshot_name, check_snapshot_name};
+use crate::catalog::{now_ms, SnapshotRecord};
 use crate::error::{Error, Result};
 use crate::hash::{is_all_zero, ChunkHash};
-use crate::store::ingest_abort;
+use crate::map::MapBuilder;
+use crate::repository::Repository;
 use crate::store::pack::{encode_chunk, Codec};
 use crate::store::{Ingest, Store};
 
@@ -119,18 +120,31 @@ enum Done {
     Failed(Error),
 }
 
-/// Takes snapshot `name` of `disk` and returns its catalog record.
+/// Takes snapshot `name` of `disk` and returns its catalog record; fails
+/// with `Busy` while another snapshot or a rollback of the disk runs.
 pub fn create_snapshot(
-    store: &Store,
+    repo: &Repository,
     disk: &str,
     name: &str,
     options: &CreateOptions,
 ) -> Result<SnapshotRecord> {
-    take_snapshot(store, disk, name, options).map_err(|e| store.blame_lost_folder(e))
+    let running = repo.running().start(disk)?;
+    create_marked(repo, &running, name, options)
+}
+
+/// `create_snapshot` for a caller that already marked the disk running.
+pub fn create_marked(
+    repo: &Repository,
+    running: &RunningGuard,
+    name: &str,
+    options: &CreateOptions,
+) -> Result<SnapshotRecord> {
+    take_snapshot(repo, running.disk(), name, options)
+        .map_err(|e| repo.store().blame_lost_folder(e))
 }
 
 fn take_snapshot(
-    store: &Store,
+    repo: &Repository,
     disk: &str,
     name: &str,
     options: &CreateOptions,
@@ -140,9 +154,9 @@ fn take_snapshot(
     } else {
         check_snapshot_name(name)?;
     }
-    let disk_record = store.disk(disk)?;
-    store.check_name_free(disk, name)?;
-    let _running = store.start_running(disk)?;
+    let (store, catalog) = (repo.store(), repo.catalog());
+    let disk_record = catalog.disk(disk)?;
+    catalog.check_name_free(disk, name)?;
 
     let source = Source::open(&disk_record.source)?;
     let created_ms = now_ms();
@@ -151,7 +165,7 @@ fn take_snapshot(
     let chunks = size.div_ceil(chunk_size);
     let started = Instant::now();
 
-    let mut ingest = Ingest::new(store);
+    let mut ingest = Ingest::new(store, repo);
     let mut builder = MapBuilder::new(chunks);
     let mut progress = Progress {
         total_bytes: size,
@@ -215,9 +229,8 @@ fn take_snapshot(
         });
     }
     let map = builder.finish()?;
-    let id = store.db().generate_id()?;
     let record = SnapshotRecord {
-        id,
+        id: 0,
         disk: disk.to_string(),
         name: name.to_string(),
         created_ms,
@@ -229,17 +242,7 @@ fn take_snapshot(
         source: disk_record.source.clone(),
         protected: false,
     };
-    let value = encode(&record)?;
-    let key = snapshot_key(disk, id);
-    let _catalog = store.catalog_lock.lock().unwrap_or_else(|e| e.into_inner());
-    store.check_name_free(disk, name)?;
-    ingest.commit(&|trees| {
-        if trees.disks.get(disk.as_bytes())?.is_none() {
-            return ingest_abort(Error::DiskNotFound(disk.to_string()));
-        }
-        trees.snapshots.insert(key.as_slice(), value.as_slice())?;
-        Ok(())
-    })?;
+    let record = catalog.commit_snapshot(ingest, record)?;
     progress.elapsed = started.elapsed();
     if let Some(report) = options.progress {
         report(&progress);

@@ -1,12 +1,8 @@
-//! Snapshots: names, the catalog, chunk maps, reading sources, and the
-//! create pipeline.
+//! Taking snapshots: reading sources, the create pipeline, and the set of
+//! disks busy with one.
 
-pub mod catalog;
 pub mod create;
-pub mod map;
-pub mod names;
+pub mod running;
 pub mod source;
 
-pub use catalog::{DiskRecord, SnapshotRecord};
 pub use create::{create_snapshot, CreateOptions, Progress};
-pub use map::{MapReader, MapRoot};

@@ -7,9 +7,9 @@
 //! 1. Under `gc_coord`, gc copies the references of every open writing
 //!    session and starts a `touched` set: from now on every reference a
 //!    session records (reuse or write, see `Ingest::reference`) lands there.
-//! 2. It marks from the catalog, the pinned maps of open images, and the
-//!    copied session references. Packs created after this point are not
-//!    looked at.
+//! 2. It marks what its [`Roots`] reach (the layers above walk the catalog's
+//!    snapshot maps and the maps of open images) and the copied session
+//!    references. Packs created after this point are not looked at.
 //! 3. It copies the live chunks of the packs it rewrites, without locks.
 //! 4. Under `gc_coord` again it drops from the dead set whatever was
 //!    touched meanwhile (copying those chunks too if their pack goes), and
@@ -25,7 +25,6 @@ use super::pack::{self, Location, PACK_HEADER_LEN};
 use super::{Ingest, Store};
 use crate::error::{Error, Result};
 use crate::hash::ChunkHash;
-use crate::snapshot::{MapReader, MapRoot};
 
 #[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct GcReport {
@@ -51,26 +50,40 @@ struct Retired {
     dead: Vec<(ChunkHash, Location)>,
 }
 
+/// What gc keeps besides the references of open writing sessions: every
+/// chunk and page that the layers above can still reach. The store knows
+/// chunks only, so they mark: the catalog's snapshot maps and the maps of
+/// images still open.
+pub trait Roots: Sync {
+    /// Adds to `live` every chunk and page hash that must stay.
+    fn mark(&self, store: &Store, live: &mut HashSet<ChunkHash>) -> Result<()>;
+}
+
 /// Runs a gc pass. A pack with live chunks is rewritten only when at least
 /// `min_dead_percent` of it is dead, so that a little garbage does not cost
 /// a copy of a large pack; packs with no live chunk always go.
-pub fn gc(store: &Store, min_dead_percent: u8) -> Result<GcReport> {
-    run(store, min_dead_percent, None)
+pub fn gc(store: &Store, roots: &dyn Roots, min_dead_percent: u8) -> Result<GcReport> {
+    run(store, roots, min_dead_percent, None)
 }
 
 /// Removes those of packs `ids` that nothing reaches any more (the packs a
 /// failed snapshot committed before it failed): a gc pass that looks at
 /// these packs only and never rewrites one.
-pub(crate) fn reclaim_packs(store: &Store, ids: &[u64]) -> Result<GcReport> {
+pub(crate) fn reclaim_packs(store: &Store, roots: &dyn Roots, ids: &[u64]) -> Result<GcReport> {
     let only: HashSet<u64> = ids.iter().copied().collect();
-    run(store, 100, Some(&only))
+    run(store, roots, 100, Some(&only))
 }
 
 /// A gc pass over every pack, or over the packs in `only`.
-fn run(store: &Store, min_dead_percent: u8, only: Option<&HashSet<u64>>) -> Result<GcReport> {
+fn run(
+    store: &Store,
+    roots: &dyn Roots,
+    min_dead_percent: u8,
+    only: Option<&HashSet<u64>>,
+) -> Result<GcReport> {
     let _one_at_a_time = store.gc_run.lock().unwrap_or_else(|e| e.into_inner());
     let session_refs = start_tracking(store);
-    let result = sweep(store, min_dead_percent, session_refs, only);
+    let result = sweep(store, roots, min_dead_percent, session_refs, only);
     // On every path out: stop collecting touched hashes.
     store
         .gc_coord
@@ -89,11 +102,13 @@ fn start_tracking(store: &Store) -> Vec<ChunkHash> {
 
 fn sweep(
     store: &Store,
+    roots: &dyn Roots,
     min_dead_percent: u8,
     session_refs: Vec<ChunkHash>,
     only: Option<&HashSet<u64>>,
 ) -> Result<GcReport> {
-    let live = mark(store, session_refs)?;
+    let mut live: HashSet<ChunkHash> = session_refs.into_iter().collect();
+    roots.mark(store, &mut live)?;
     // The packs to consider are those committed before the index scan: a
     // pack committed later has index entries the scan may have missed.
     let mut packs = committed_packs(store)?;
@@ -174,7 +189,7 @@ fn sweep(
     let retired_ids: Vec<u64> = retired.iter().map(|pack| pack.id).collect();
     report.removed_chunks = dead.len() as u64;
     report.bytes_freed = report.bytes_freed.saturating_sub(ingest.added_bytes());
-    ingest.commit(&|trees| {
+    ingest.commit(&[], &|trees| {
         for hash in &dead {
             trees.index.remove(&hash.0)?;
         }
@@ -223,29 +238,6 @@ fn move_chunks(
         }
     }
     true
-}
-
-/// Step 2: every page and chunk hash that a catalogued snapshot, an open
-/// image or an open writing session reaches.
-fn mark(store: &Store, session_refs: Vec<ChunkHash>) -> Result<HashSet<ChunkHash>> {
-    let mut roots: Vec<MapRoot> = store.snapshots(None)?.iter().map(|s| s.map).collect();
-    roots.extend(store.pinned_roots());
-    let mut live: HashSet<ChunkHash> = session_refs.into_iter().collect();
-    let mut pages = HashSet::new();
-    for root in roots {
-        let map = MapReader::new(store, root);
-        let mut chunks = Vec::new();
-        // A page already marked was walked in full before: skip it.
-        map.walk(&mut |page| pages.insert(*page), &mut |_, hash| {
-            if !hash.is_zero() {
-                chunks.push(*hash);
-            }
-            Ok(())
-        })?;
-        live.extend(chunks);
-    }
-    live.extend(pages);
-    Ok(live)
 }
 
 /// Live and dead chunks of every pack, from one scan of the index.

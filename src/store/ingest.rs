@@ -11,20 +11,22 @@ use sled::transaction::{
 };
 use sled::Transactional;
 
+use super::gc::{self, Roots};
 use super::pack::{self, Codec, Location, PackWriter, PACK_TARGET_SIZE};
-use super::{gc, space, Store};
+use super::{space, Store};
 use crate::error::{Error, Result};
 use crate::hash::ChunkHash;
 
 /// Most bytes a session appends between two looks at the free space.
 const SPACE_CHECK_EVERY: u64 = 8 << 20;
 
-/// The trees a commit may change besides the new index entries.
+/// The trees a commit may change besides the new index entries: the
+/// store's own, and the trees of the layer above that the caller named
+/// (`extra`, in the order given to [`Ingest::commit`]).
 pub struct CommitTrees<'t> {
     pub index: &'t TransactionalTree,
     pub packs: &'t TransactionalTree,
-    pub snapshots: &'t TransactionalTree,
-    pub disks: &'t TransactionalTree,
+    pub extra: &'t [TransactionalTree],
 }
 
 /// The catalog part of a commit, run inside the sled transaction.
@@ -49,11 +51,16 @@ pub struct Ingest<'s> {
     committed: bool,
     /// Registration in the store's gc coordination (None for gc itself).
     session: Option<u64>,
+    /// What a failed session asks about before it gives back the packs it
+    /// committed early (None for gc itself).
+    roots: Option<&'s dyn Roots>,
 }
 
 impl<'s> Ingest<'s> {
-    /// A session whose references gc respects until it commits or drops.
-    pub fn new(store: &'s Store) -> Ingest<'s> {
+    /// A session whose references gc respects until it commits or drops;
+    /// `roots` marks what the layers above reach, so that a session that
+    /// fails can give back what it committed early.
+    pub fn new(store: &'s Store, roots: &'s dyn Roots) -> Ingest<'s> {
         let mut coord = store.gc_coord.lock().unwrap_or_else(|e| e.into_inner());
         let id = coord.next_session;
         coord.next_session += 1;
@@ -61,6 +68,7 @@ impl<'s> Ingest<'s> {
         drop(coord);
         let mut ingest = Ingest::unregistered(store);
         ingest.session = Some(id);
+        ingest.roots = Some(roots);
         ingest
     }
 
@@ -68,6 +76,7 @@ impl<'s> Ingest<'s> {
     pub(crate) fn unregistered(store: &'s Store) -> Ingest<'s> {
         Ingest {
             session: None,
+            roots: None,
             store,
             writer: None,
             synced_packs: Vec::new(),
@@ -180,12 +189,12 @@ impl<'s> Ingest<'s> {
         Ok(())
     }
 
-    /// Makes everything durable and applies `change` to the catalog in the
-    /// same transaction.
-    pub fn commit(mut self, change: &CatalogChange<'_>) -> Result<()> {
+    /// Makes everything durable and applies `change` to the `extra` trees
+    /// (the catalog's) in the same transaction.
+    pub fn commit(mut self, extra: &[&sled::Tree], change: &CatalogChange<'_>) -> Result<()> {
         self.store.check_still_there()?;
         self.seal_pack()?;
-        self.commit_inner(Some(change))?;
+        self.commit_inner(Some((extra, change)))?;
         self.committed = true;
         self.unregister();
         Ok(())
@@ -202,18 +211,18 @@ impl<'s> Ingest<'s> {
         }
     }
 
-    fn commit_inner(&mut self, change: Option<&CatalogChange<'_>>) -> Result<()> {
+    fn commit_inner(&mut self, change: Option<(&[&sled::Tree], &CatalogChange<'_>)>) -> Result<()> {
         let store = self.store;
         let pending = &self.pending;
         let packs = &self.synced_packs;
-        let trees = (
-            &store.index,
-            &store.packs,
-            &store.snapshots,
-            &store.disks,
-            store.damaged.tree(),
-        );
-        let result = trees.transaction(|(index, pack_lens, snapshots, disks, damaged)| {
+        let mut trees: Vec<&sled::Tree> = vec![&store.index, &store.packs, store.damaged.tree()];
+        if let Some((extra, _)) = change {
+            trees.extend_from_slice(extra);
+        }
+        let result = trees.as_slice().transaction(|trees| {
+            let [index, pack_lens, damaged, extra @ ..] = trees.as_slice() else {
+                return abort(Error::Invalid("commit without the store's trees".into()));
+            };
             for (hash, location) in pending {
                 index.insert(&hash.0, &location.encode())?;
             }
@@ -223,12 +232,11 @@ impl<'s> Ingest<'s> {
             for (id, len) in packs {
                 pack_lens.insert(&id.to_be_bytes(), &len.to_le_bytes())?;
             }
-            if let Some(change) = change {
+            if let Some((_, change)) = change {
                 change(&CommitTrees {
                     index,
                     packs: pack_lens,
-                    snapshots,
-                    disks,
+                    extra,
                 })?;
             }
             Ok(healed)
@@ -256,7 +264,7 @@ impl Drop for Ingest<'_> {
     /// the packs it committed early go too, unless something now reaches
     /// their chunks (gc decides, once this session no longer counts).
     fn drop(&mut self) {
-        let snapshot_session = self.session.is_some();
+        let roots = self.roots;
         self.unregister();
         if self.committed {
             return;
@@ -281,10 +289,11 @@ impl Drop for Ingest<'_> {
         }
         // gc's own session is unregistered: its early packs hold chunks it
         // moved, which are live.
-        if snapshot_session && !self.committed_early.is_empty() {
-            if let Err(e) = gc::reclaim_packs(self.store, &self.committed_early) {
-                log::info!("cannot reclaim the packs of a failed snapshot (snapfs gc will): {e}");
-            }
+        let Some(roots) = roots.filter(|_| !self.committed_early.is_empty()) else {
+            return;
+        };
+        if let Err(e) = gc::reclaim_packs(self.store, roots, &self.committed_early) {
+            log::info!("cannot reclaim the packs of a failed snapshot (snapfs gc will): {e}");
         }
     }
 }

@@ -1,10 +1,13 @@
-//! The chunk store: pack files of chunk records, the sled index that finds
-//! them, and the catalog trees. It owns the store directory:
+//! The chunk store: pack files of chunk records and the sled index that
+//! finds them. It knows chunks only: disks, snapshots and maps belong to the
+//! layers above, which open their own sled trees through [`Store::open_tree`]
+//! and commit them with new chunks through [`Ingest::commit`]. It owns the
+//! store directory:
 //!
 //! ```text
 //! STORE/FORMAT        "snapfs store format 1": checked before sled opens
 //! STORE/lock          flock; names the holding pid (and mountpoint)
-//! STORE/db/           sled: meta, index, packs, disks, snapshots, policies, damaged
+//! STORE/db/           sled: meta, index, packs, damaged (and the catalog's trees)
 //! STORE/packs/*.pack  append-only chunk records (see pack.rs)
 //! ```
 //!
@@ -32,7 +35,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, IoContext, Result};
 use crate::hash::ChunkHash;
-use crate::snapshot::MapRoot;
 pub use ingest::{abort as ingest_abort, CommitTrees, Ingest};
 use lock::StoreLock;
 use pack::Location;
@@ -147,27 +149,16 @@ pub struct Store {
     meta: sled::Tree,
     pub(crate) index: sled::Tree,
     pub(crate) packs: sled::Tree,
-    pub(crate) disks: sled::Tree,
-    pub(crate) snapshots: sled::Tree,
-    pub(crate) policies: sled::Tree,
     /// Chunks whose stored copy is known bad (see damaged.rs).
     pub(crate) damaged: damaged::DamagedChunks,
     pack_files: Mutex<HashMap<u64, Arc<File>>>,
     cache: Mutex<LruCache<ChunkHash, Arc<Vec<u8>>>>,
     /// Buffers of chunks evicted from the cache, reused for the next reads.
     spare_buffers: Mutex<Vec<Vec<u8>>>,
-    /// Serialises catalog changes that check a name and then write it.
-    pub(crate) catalog_lock: Mutex<()>,
     /// What gc must treat as live besides the catalog (see gc.rs).
     pub(crate) gc_coord: Mutex<GcCoordination>,
     /// One gc pass at a time.
     pub(crate) gc_run: Mutex<()>,
-    /// Map roots of snapshots still open after deletion: gc keeps them.
-    pins: Mutex<HashMap<MapRoot, usize>>,
-    /// Disks with a snapshot being taken right now.
-    running: Mutex<HashSet<String>>,
-    /// Bumped by every catalog change, so readers can cache listings.
-    generation: std::sync::atomic::AtomicU64,
     lock: Mutex<StoreLock>,
     /// (device, inode) of the store folder when it was opened.
     root_id: (u64, u64),
@@ -184,22 +175,6 @@ pub(crate) struct GcCoordination {
     pub next_session: u64,
     /// While gc sweeps: hashes referenced since its mark began.
     pub touched: Option<HashSet<ChunkHash>>,
-}
-
-/// Marks a disk busy while a snapshot of it runs.
-pub struct RunningGuard<'s> {
-    store: &'s Store,
-    disk: String,
-}
-
-impl Drop for RunningGuard<'_> {
-    fn drop(&mut self) {
-        self.store
-            .running
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&self.disk);
-    }
 }
 
 impl Store {
@@ -285,21 +260,14 @@ impl Store {
             config,
             index: db.open_tree("index")?,
             packs: db.open_tree("packs")?,
-            disks: db.open_tree("disks")?,
-            snapshots: db.open_tree("snapshots")?,
-            policies: db.open_tree("policies")?,
             damaged: damaged::DamagedChunks::load(db.open_tree("damaged")?)?,
             meta,
             db,
             pack_files: Mutex::new(HashMap::new()),
             cache: Mutex::new(LruCache::new(cache_entries(options.cache_bytes, config))),
             spare_buffers: Mutex::new(Vec::new()),
-            catalog_lock: Mutex::new(()),
             gc_coord: Mutex::new(GcCoordination::default()),
             gc_run: Mutex::new(()),
-            pins: Mutex::new(HashMap::new()),
-            running: Mutex::new(HashSet::new()),
-            generation: std::sync::atomic::AtomicU64::new(0),
             lock: Mutex::new(lock),
             root_id,
         };
@@ -346,8 +314,16 @@ impl Store {
         &self.packs_dir
     }
 
-    pub(crate) fn db(&self) -> &sled::Db {
-        &self.db
+    /// A sled tree of the layers above (the catalog's), in the same
+    /// database, so that [`Ingest::commit`] can change it in one transaction
+    /// with the chunks it makes reachable.
+    pub fn open_tree(&self, name: &str) -> Result<sled::Tree> {
+        Ok(self.db.open_tree(name)?)
+    }
+
+    /// A number never handed out before in this store (record ids).
+    pub fn generate_id(&self) -> Result<u64> {
+        Ok(self.db.generate_id()?)
     }
 
     /// Records in the lock file that this process serves a mount.
@@ -358,18 +334,10 @@ impl Store {
             .write_holder(mountpoint)
     }
 
-    /// Flushes sled; every catalog change ends here, so it also marks a
-    /// new catalog generation.
+    /// Makes every committed change durable.
     pub fn flush(&self) -> Result<()> {
         self.db.flush()?;
-        self.generation
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         Ok(())
-    }
-
-    /// Changes whenever the catalog may have changed.
-    pub fn generation(&self) -> u64 {
-        self.generation.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     fn check_db_format(&self) -> Result<()> {
@@ -543,54 +511,6 @@ impl Store {
     /// Drops every cached chunk (used after a verify or gc pass).
     pub fn clear_cache(&self) {
         self.cache_lock().clear();
-    }
-
-    /// Marks `disk` busy, or fails with `Busy` if a snapshot of it runs.
-    pub fn start_running(&self, disk: &str) -> Result<RunningGuard<'_>> {
-        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
-        if !running.insert(disk.to_string()) {
-            return Err(Error::Busy(disk.to_string()));
-        }
-        Ok(RunningGuard {
-            store: self,
-            disk: disk.to_string(),
-        })
-    }
-
-    pub fn is_running(&self, disk: &str) -> bool {
-        self.running
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(disk)
-    }
-
-    /// Keeps the map under `root` alive through gc until `unpin`.
-    pub fn pin(&self, root: MapRoot) {
-        *self
-            .pins
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(root)
-            .or_insert(0) += 1;
-    }
-
-    pub fn unpin(&self, root: MapRoot) {
-        let mut pins = self.pins.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(count) = pins.get_mut(&root) {
-            *count -= 1;
-            if *count == 0 {
-                pins.remove(&root);
-            }
-        }
-    }
-
-    pub(crate) fn pinned_roots(&self) -> Vec<MapRoot> {
-        self.pins
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .keys()
-            .copied()
-            .collect()
     }
 }
 

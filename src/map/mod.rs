@@ -9,6 +9,8 @@
 //! The zero hash stands for an all-zero chunk or an all-zero subtree, which
 //! is never stored.
 
+mod pins;
+
 use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
@@ -16,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::hash::ChunkHash;
 use crate::store::{Ingest, Store};
+pub use pins::{Pin, PinnedMaps};
 
 pub const FANOUT: u64 = 1024;
 const PAGE_MAGIC: &[u8; 4] = b"SFMP";

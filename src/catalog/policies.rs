@@ -1,11 +1,10 @@
-//! Policies in the store: sled tree `policies`, disk name -> JSON `Policy`.
+//! Policies in the catalog: sled tree `policies`, disk name -> JSON `Policy`.
 
-use super::Policy;
+use super::{encode, Catalog};
 use crate::error::{Error, Result};
-use crate::snapshot::catalog::encode;
-use crate::store::Store;
+use crate::policy::Policy;
 
-impl Store {
+impl Catalog {
     pub fn policy(&self, disk: &str) -> Result<Option<Policy>> {
         self.disk(disk)?;
         match self.policies.get(disk)? {
@@ -34,17 +33,17 @@ impl Store {
 
     pub fn set_policy(&self, disk: &str, policy: &Policy) -> Result<()> {
         policy.validate()?;
-        let _guard = self.catalog_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let _names = self.name_lock();
         self.disk(disk)?;
         self.policies.insert(disk, encode(policy)?)?;
-        self.flush()
+        self.changed()
     }
 
     /// Removes a disk's policy; returns whether it had one.
     pub fn remove_policy(&self, disk: &str) -> Result<bool> {
         self.disk(disk)?;
         let had = self.policies.remove(disk)?.is_some();
-        self.flush()?;
+        self.changed()?;
         Ok(had)
     }
 }

@@ -1,22 +1,29 @@
-//! The catalog: which disks the store knows and which snapshots each has.
-//! Only accomplished snapshots are ever written here; a snapshot being taken
-//! lives in memory until its single commit.
+//! The catalog: which disks the store knows, which snapshots each has, and
+//! the disks' policies. It is the only writer of its sled trees; a snapshot
+//! being taken lives in memory until [`Catalog::commit_snapshot`] writes its
+//! record in the same transaction as the chunks it reaches.
 //!
 //! sled trees (values are JSON, so the catalog stays readable and
 //! exportable whatever sled's own format does):
 //! - `disks`: disk name -> `DiskRecord`
 //! - `snapshots`: disk name, 0x00, id (u64 BE) -> `SnapshotRecord`
+//! - `policies`: disk name -> `Policy` (see policies.rs)
+
+pub mod names;
+mod policies;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 use sled::transaction::TransactionError;
 use sled::Transactional;
 
-use super::map::{height_for, MapRoot};
-use super::names::{check_disk_name, check_snapshot_name};
 use crate::error::{Error, Result};
-use crate::store::{Store, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
+use crate::map::{height_for, MapRoot};
+use crate::store::{ingest_abort, Ingest, Store, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
+use names::{check_disk_name, check_snapshot_name};
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct DiskRecord {
@@ -88,7 +95,7 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-pub(crate) fn snapshot_key(disk: &str, id: u64) -> Vec<u8> {
+fn snapshot_key(disk: &str, id: u64) -> Vec<u8> {
     let mut key = Vec::with_capacity(disk.len() + 9);
     key.extend_from_slice(disk.as_bytes());
     key.push(0);
@@ -106,11 +113,49 @@ fn decode<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T>
     serde_json::from_slice(bytes).map_err(|e| Error::BadMetadata(format!("{what} record: {e}")))
 }
 
-pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
     serde_json::to_vec(value).map_err(|e| Error::Invalid(e.to_string()))
 }
 
-impl Store {
+/// The catalog's trees, in the store's database.
+pub struct Catalog {
+    disks: sled::Tree,
+    snapshots: sled::Tree,
+    policies: sled::Tree,
+    /// Serialises changes that check a name and then write it.
+    names: Mutex<()>,
+    /// Bumped by every change, so readers can cache listings.
+    generation: AtomicU64,
+}
+
+impl Catalog {
+    pub fn open(store: &Store) -> Result<Catalog> {
+        Ok(Catalog {
+            disks: store.open_tree("disks")?,
+            snapshots: store.open_tree("snapshots")?,
+            policies: store.open_tree("policies")?,
+            names: Mutex::new(()),
+            generation: AtomicU64::new(0),
+        })
+    }
+
+    /// Changes whenever the catalog may have changed.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    fn name_lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.names.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Every change ends here: durable (a tree's flush is the whole
+    /// database's), and a new generation.
+    fn changed(&self) -> Result<()> {
+        self.disks.flush()?;
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+
     pub fn disks(&self) -> Result<Vec<DiskRecord>> {
         self.disks
             .iter()
@@ -129,8 +174,8 @@ impl Store {
     /// device; it is recorded as an absolute path.
     pub fn add_disk(&self, name: &str, source: &Path) -> Result<DiskRecord> {
         check_disk_name(name)?;
-        let source = super::source::check_source(source)?;
-        let _guard = self.catalog_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let source = crate::snapshot::source::check_source(source)?;
+        let _names = self.name_lock();
         if self.disks.contains_key(name)? {
             return Err(Error::DiskExists(name.to_string()));
         }
@@ -150,14 +195,14 @@ impl Store {
             added_ms: now_ms(),
         };
         self.disks.insert(name, encode(&record)?)?;
-        self.flush()?;
+        self.changed()?;
         Ok(record)
     }
 
     /// Unregisters a disk; with `with_snapshots` its snapshots go too (their
     /// space comes back at the next gc).
     pub fn remove_disk(&self, name: &str, with_snapshots: bool) -> Result<()> {
-        let _guard = self.catalog_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let _names = self.name_lock();
         self.disk(name)?;
         let snapshots = self.snapshots_of(name)?;
         if !snapshots.is_empty() && !with_snapshots {
@@ -185,7 +230,7 @@ impl Store {
             return Err(Error::Db(e));
         }
         self.policies.remove(name)?;
-        self.flush()
+        self.changed()
     }
 
     /// Every accomplished snapshot, or those of one disk, oldest first per disk.
@@ -227,7 +272,7 @@ impl Store {
     }
 
     /// Fails with `SnapshotExists` when the disk has a snapshot of that name.
-    pub(crate) fn check_name_free(&self, disk: &str, name: &str) -> Result<()> {
+    pub fn check_name_free(&self, disk: &str, name: &str) -> Result<()> {
         if self.snapshots_of(disk)?.iter().any(|s| s.name == name) {
             return Err(Error::SnapshotExists {
                 disk: disk.to_string(),
@@ -247,7 +292,7 @@ impl Store {
 
     /// Drops a snapshot from the catalog. Its chunks stay until gc.
     pub fn remove_snapshot(&self, disk: &str, name: &str) -> Result<SnapshotRecord> {
-        let _guard = self.catalog_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let _names = self.name_lock();
         let record = match self.snapshot(disk, name) {
             // A record too damaged to read an image from can still go.
             Err(e @ Error::BadMetadata(_)) => self.unchecked_snapshot(disk, name).ok_or(e)?,
@@ -260,14 +305,14 @@ impl Store {
             });
         }
         self.snapshots.remove(snapshot_key(disk, record.id))?;
-        self.flush()?;
+        self.changed()?;
         Ok(record)
     }
 
     pub fn rename_snapshot(&self, disk: &str, old: &str, new: &str) -> Result<SnapshotRecord> {
         // A person renames; the `auto` prefix stays reserved for policies.
         check_snapshot_name(new)?;
-        let _guard = self.catalog_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let _names = self.name_lock();
         let mut record = self.snapshot(disk, old)?;
         if old == new {
             return Ok(record);
@@ -276,17 +321,45 @@ impl Store {
         record.name = new.to_string();
         self.snapshots
             .insert(snapshot_key(disk, record.id), encode(&record)?)?;
-        self.flush()?;
+        self.changed()?;
         Ok(record)
     }
 
     /// Sets or clears the protected flag of a snapshot.
     pub fn protect_snapshot(&self, disk: &str, name: &str, protect: bool) -> Result<()> {
-        let _guard = self.catalog_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let _names = self.name_lock();
         let mut record = self.snapshot(disk, name)?;
         record.protected = protect;
         self.snapshots
             .insert(snapshot_key(disk, record.id), encode(&record)?)?;
-        self.flush()
+        self.changed()
+    }
+
+    /// Commits a snapshot taken by `ingest`: its chunks and its record in
+    /// one transaction, under the name lock, so that the name is still
+    /// free and the disk still there when it lands. `record.id` is set here.
+    pub fn commit_snapshot(
+        &self,
+        ingest: Ingest,
+        mut record: SnapshotRecord,
+    ) -> Result<SnapshotRecord> {
+        record.id = ingest.store().generate_id()?;
+        let value = encode(&record)?;
+        let key = snapshot_key(&record.disk, record.id);
+        let disk = record.disk.as_str();
+        let _names = self.name_lock();
+        self.check_name_free(disk, &record.name)?;
+        ingest.commit(&[&self.disks, &self.snapshots], &|trees| {
+            let [disks, snapshots] = trees.extra else {
+                return ingest_abort(Error::Invalid("commit without the catalog's trees".into()));
+            };
+            if disks.get(disk.as_bytes())?.is_none() {
+                return ingest_abort(Error::DiskNotFound(disk.to_string()));
+            }
+            snapshots.insert(key.as_slice(), value.as_slice())?;
+            Ok(())
+        })?;
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        Ok(record)
     }
 }

@@ -1,0 +1,92 @@
+//! An open store folder with all its parts: the chunk store (packs and
+//! index), the catalog (disks, snapshots, policies), the disks busy with a
+//! snapshot or rollback, and the maps of images still open. Everything
+//! above the store takes a `Repository`; the store itself knows chunks only.
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use crate::catalog::Catalog;
+use crate::error::Result;
+use crate::hash::ChunkHash;
+use crate::map::{MapReader, PinnedMaps};
+use crate::snapshot::running::RunningDisks;
+use crate::store::gc::{self, GcReport, Roots};
+use crate::store::{OpenOptions, Store, StoreConfig};
+
+pub struct Repository {
+    store: Store,
+    catalog: Catalog,
+    running: RunningDisks,
+    pins: PinnedMaps,
+}
+
+impl Repository {
+    /// Creates a new store; fails if one exists at `root`.
+    pub fn init(root: &Path, config: StoreConfig) -> Result<Repository> {
+        Repository::with_store(Store::init(root, config)?)
+    }
+
+    pub fn open(root: &Path, options: &OpenOptions) -> Result<Repository> {
+        Repository::with_store(Store::open(root, options)?)
+    }
+
+    fn with_store(store: Store) -> Result<Repository> {
+        Ok(Repository {
+            catalog: Catalog::open(&store)?,
+            store,
+            running: RunningDisks::default(),
+            pins: PinnedMaps::default(),
+        })
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    /// The disks a snapshot or rollback is running on: one at a time each.
+    pub fn running(&self) -> &RunningDisks {
+        &self.running
+    }
+
+    /// Maps that gc keeps while an image reads them, deleted or not.
+    pub fn pins(&self) -> &PinnedMaps {
+        &self.pins
+    }
+
+    /// A gc pass over the whole store (see `store::gc`).
+    pub fn gc(&self, min_dead_percent: u8) -> Result<GcReport> {
+        gc::gc(&self.store, self, min_dead_percent)
+    }
+}
+
+impl Roots for Repository {
+    /// Every page and chunk that a catalogued snapshot or an open image
+    /// reaches.
+    fn mark(&self, store: &Store, live: &mut HashSet<ChunkHash>) -> Result<()> {
+        let mut roots: Vec<_> = self
+            .catalog
+            .snapshots(None)?
+            .iter()
+            .map(|s| s.map)
+            .collect();
+        roots.extend(self.pins.roots());
+        let mut pages = HashSet::new();
+        for root in roots {
+            let map = MapReader::new(store, root);
+            // A page already marked was walked in full before: skip it.
+            map.walk(&mut |page| pages.insert(*page), &mut |_, hash| {
+                if !hash.is_zero() {
+                    live.insert(*hash);
+                }
+                Ok(())
+            })?;
+        }
+        live.extend(pages);
+        Ok(())
+    }
+}
