@@ -50,7 +50,6 @@ pub mod map;
 pub mod modes;
 pub mod policy;
 pub mod repository;
-pub mod rollback;
 pub mod snapshot;
 pub mod stats;
 pub mod store;

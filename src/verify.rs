@@ -46,18 +46,17 @@ pub fn verify(
                 return Ok(());
             }
             let offset = chunk * chunk_size;
-            let expected = (record.size - offset).min(chunk_size);
             let verdict = seen.entry(*hash).or_insert_with(|| {
                 report.chunks_checked += 1;
-                match store.read_verified(hash) {
-                    Ok(data) if data.len() as u64 == expected => {
-                        report.bytes_checked += data.len() as u64;
+                let checked = store.read_verified(hash).and_then(|data| {
+                    record.check_chunk_len(chunk, hash, data.len())?;
+                    Ok(data.len() as u64)
+                });
+                match checked {
+                    Ok(len) => {
+                        report.bytes_checked += len;
                         None
                     }
-                    Ok(data) => Some(format!(
-                        "chunk {hash} holds {} bytes, expected {expected}",
-                        data.len()
-                    )),
                     Err(e) => Some(e.to_string()),
                 }
             });

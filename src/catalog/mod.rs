@@ -21,6 +21,7 @@ use sled::transaction::TransactionError;
 use sled::Transactional;
 
 use crate::error::{Error, Result};
+use crate::hash::ChunkHash;
 use crate::map::{height_for, MapRoot};
 use crate::store::{ingest_abort, Ingest, Store, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
 use names::{check_disk_name, check_snapshot_name};
@@ -54,6 +55,26 @@ pub struct SnapshotRecord {
 }
 
 impl SnapshotRecord {
+    /// Bytes of chunk `chunk` of the image (the last one may be short).
+    pub fn chunk_len(&self, chunk: u64) -> u64 {
+        let chunk_size = self.chunk_size as u64;
+        self.size.saturating_sub(chunk * chunk_size).min(chunk_size)
+    }
+
+    /// Fails unless `len`, the length of the bytes stored as chunk `chunk`
+    /// (hash `hash`), is what the image needs there: a record and a chunk
+    /// that disagree are damage, never a short or padded read.
+    pub fn check_chunk_len(&self, chunk: u64, hash: &ChunkHash, len: usize) -> Result<()> {
+        let needed = self.chunk_len(chunk);
+        if len as u64 == needed {
+            return Ok(());
+        }
+        Err(Error::BadMetadata(format!(
+            "chunk {hash} at offset {} holds {len} bytes, the image needs {needed}",
+            chunk * self.chunk_size as u64
+        )))
+    }
+
     /// Checks that sizes and map shape agree, so that no reader divides by
     /// a zero chunk size or looks past what the map holds.
     fn check(&self) -> Result<()> {

@@ -6,7 +6,7 @@ use anyhow::Result;
 use clap::Subcommand;
 
 use super::{print_json, Output};
-use snapfs::snapshot::source::Source;
+use snapfs::snapshot::source::{ChunkSource, ImageSource};
 use snapfs::units::{format_bytes, rfc3339_ms};
 use snapfs::Repository;
 
@@ -42,7 +42,9 @@ pub fn run(repo: &Repository, command: DiskCommand, out: &mut Output) -> Result<
     match command {
         DiskCommand::Add { name, source } => {
             let record = repo.catalog().add_disk(&name, &source)?;
-            let size = Source::open(&record.source).map(|s| s.size()).unwrap_or(0);
+            let size = ImageSource::open(&record.source)
+                .map(|s| s.size())
+                .unwrap_or(0);
             writeln!(
                 out.out,
                 "added disk {} ({}, {})",
@@ -56,7 +58,7 @@ pub fn run(repo: &Repository, command: DiskCommand, out: &mut Output) -> Result<
             for disk in repo.catalog().disks()? {
                 rows.push(DiskRow {
                     snapshots: repo.catalog().snapshots(Some(&disk.name))?.len(),
-                    size: Source::open(&disk.source).ok().map(|s| s.size()),
+                    size: ImageSource::open(&disk.source).ok().map(|s| s.size()),
                     added: rfc3339_ms(disk.added_ms),
                     name: disk.name,
                     source: disk.source,

@@ -8,7 +8,7 @@ use clap::Args;
 
 use super::snapshot::progress_bar;
 use super::{print_json, Output};
-use snapfs::rollback::{rollback, RollbackReport, Target, TargetKind};
+use snapfs::image::{rollback, RollbackReport, Target, TargetKind};
 use snapfs::units::format_bytes;
 use snapfs::Repository;
 

@@ -40,7 +40,7 @@ pub fn export(
                 let offset = chunk * chunk_size;
                 let len = (size - offset).min(chunk_size);
                 if !hash.is_zero() {
-                    let data = checked_chunk(store, hash, len, offset)?;
+                    let data = checked_chunk(store, record, chunk, hash)?;
                     file.write_all_at(&data, offset).map_err(write_err)?;
                 }
                 done += len;
@@ -58,7 +58,7 @@ pub fn export(
                 if hash.is_zero() {
                     out.write_all(&zeros[..len as usize]).map_err(write_err)?;
                 } else {
-                    out.write_all(&checked_chunk(store, hash, len, offset)?)
+                    out.write_all(&checked_chunk(store, record, chunk, hash)?)
                         .map_err(write_err)?;
                 }
                 done += len;
@@ -71,18 +71,14 @@ pub fn export(
     Ok(())
 }
 
+/// A chunk's bytes from the store, verified, of the length the image needs.
 fn checked_chunk(
     store: &Store,
+    record: &SnapshotRecord,
+    chunk: u64,
     hash: &crate::hash::ChunkHash,
-    len: u64,
-    offset: u64,
 ) -> Result<Vec<u8>> {
     let data = store.read_verified(hash)?;
-    if data.len() as u64 != len {
-        return Err(Error::BadMetadata(format!(
-            "chunk {hash} at offset {offset} holds {} bytes, the image needs {len}",
-            data.len()
-        )));
-    }
+    record.check_chunk_len(chunk, hash, data.len())?;
     Ok(data)
 }

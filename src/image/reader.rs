@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use crate::catalog::SnapshotRecord;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::hash::ChunkHash;
 use crate::map::MapReader;
 use crate::repository::Repository;
@@ -73,12 +73,6 @@ impl ImageReader {
         self.map().chunk_hash(chunk)
     }
 
-    /// Length of chunk `chunk` (the last one may be short).
-    pub fn chunk_len(&self, chunk: u64) -> u64 {
-        let start = chunk * self.chunk_size();
-        self.size().saturating_sub(start).min(self.chunk_size())
-    }
-
     /// The plain bytes of one chunk (None for an all-zero chunk).
     pub fn chunk(&self, chunk: u64) -> Result<Option<Arc<Vec<u8>>>> {
         let hash = self.chunk_hash(chunk)?;
@@ -86,14 +80,7 @@ impl ImageReader {
             return Ok(None);
         }
         let data = self.repo.store().get(&hash)?;
-        if data.len() as u64 != self.chunk_len(chunk) {
-            return Err(Error::BadMetadata(format!(
-                "chunk {hash} at offset {} holds {} bytes, the image needs {}",
-                chunk * self.chunk_size(),
-                data.len(),
-                self.chunk_len(chunk)
-            )));
-        }
+        self.record.check_chunk_len(chunk, &hash, data.len())?;
         Ok(Some(data))
     }
 

@@ -1,7 +1,8 @@
-//! Taking snapshots: reading sources, the create pipeline, and the set of
-//! disks busy with one.
+//! Taking snapshots: chunk sources, the one reading pipeline (also used by
+//! rollback), the create step, and the set of disks busy with one.
 
 pub mod create;
+pub mod pipeline;
 pub mod running;
 pub mod source;
 

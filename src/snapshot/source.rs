@@ -1,6 +1,8 @@
-//! Reading a disk's source (a raw image file or a block device): its size,
-//! where its data lies (holes of sparse files are skipped), and large
-//! positioned reads that do not push the host's page cache out.
+//! Where a snapshot's bytes come from. A [`ChunkSource`] says how large the
+//! disk is, which byte ranges to read, what lies outside them, and reads;
+//! the pipeline asks nothing else. [`ImageSource`] is a raw image file or a
+//! block device read whole (holes of sparse files skipped); a live disk's
+//! changed chunks are another source.
 
 use std::fs::File;
 use std::os::unix::fs::{FileExt, FileTypeExt};
@@ -8,6 +10,46 @@ use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+use crate::map::MapRoot;
+
+/// What the chunks outside a source's ranges hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unread {
+    /// All zeros (the holes of a sparse file).
+    Zeros,
+    /// What this map holds there (chunks unchanged since a parent
+    /// snapshot); zeros past its end.
+    SameAs(MapRoot),
+}
+
+pub trait ChunkSource: Sync {
+    /// The source as messages name it.
+    fn path(&self) -> &Path;
+
+    /// Bytes of the disk.
+    fn size(&self) -> u64;
+
+    /// The next range `(start, end)` to read at or after `pos`, or None
+    /// when nothing but unread bytes follow.
+    fn next_range(&self, pos: u64) -> Result<Option<(u64, u64)>>;
+
+    /// What lies outside the ranges.
+    fn unread(&self) -> Unread {
+        Unread::Zeros
+    }
+
+    /// Fills `buf` from `offset`.
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<()>;
+
+    /// Bytes the pipeline has read and will not ask for again.
+    fn done_with(&self, _offset: u64, _len: u64) {}
+
+    /// Fails if the source changed under the read in a way that makes what
+    /// was read wrong.
+    fn check_after_read(&self) -> Result<()> {
+        Ok(())
+    }
+}
 
 fn source_error(path: &Path, why: impl Into<String>) -> Error {
     Error::Source {
@@ -22,71 +64,69 @@ pub fn check_source(path: &Path) -> Result<PathBuf> {
     let absolute = path
         .canonicalize()
         .map_err(|e| source_error(path, format!("cannot resolve: {e}")))?;
-    Source::open(&absolute)?;
+    ImageSource::open(&absolute)?;
     Ok(absolute)
 }
 
-pub struct Source {
+/// A raw image file or block device, read whole but for the holes of a
+/// sparse file, in large reads that do not push the host's page cache out.
+pub struct ImageSource {
     file: File,
     path: PathBuf,
     size: u64,
+    /// Drop read pages from the page cache (a snapshot reads a disk once).
+    forget: bool,
 }
 
-impl Source {
-    pub fn open(path: &Path) -> Result<Source> {
+impl ImageSource {
+    pub fn open(path: &Path) -> Result<ImageSource> {
         let meta = std::fs::metadata(path).map_err(|e| source_error(path, e.to_string()))?;
         let kind = meta.file_type();
         if !(kind.is_file() || kind.is_block_device()) {
             return Err(source_error(path, "not a regular file or block device"));
         }
         let file = File::open(path).map_err(|e| source_error(path, format!("cannot open: {e}")))?;
-        let size = unsafe { libc::lseek(file.as_raw_fd(), 0, libc::SEEK_END) };
-        if size < 0 {
-            return Err(source_error(
-                path,
-                format!("cannot get size: {}", std::io::Error::last_os_error()),
-            ));
-        }
+        let size = file_size(&file, path)?;
         // Tell the kernel we read once, front to back.
         unsafe {
             libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_SEQUENTIAL);
         }
-        Ok(Source {
+        Ok(ImageSource {
             file,
             path: path.to_path_buf(),
-            size: size as u64,
+            size,
+            forget: true,
         })
     }
 
-    pub fn path(&self) -> &Path {
+    /// The first `size` bytes of an open file (a rollback's target, which
+    /// it is about to write: its pages stay cached).
+    pub fn of_file(file: File, path: &Path, size: u64) -> ImageSource {
+        ImageSource {
+            file,
+            path: path.to_path_buf(),
+            size,
+            forget: false,
+        }
+    }
+}
+
+impl ChunkSource for ImageSource {
+    fn path(&self) -> &Path {
         &self.path
     }
 
-    pub fn size(&self) -> u64 {
+    fn size(&self) -> u64 {
         self.size
     }
 
-    /// The size now, to notice a source that changed size while read.
-    pub fn current_size(&self) -> Result<u64> {
-        let size = unsafe { libc::lseek(self.file.as_raw_fd(), 0, libc::SEEK_END) };
-        if size < 0 {
-            return Err(source_error(
-                &self.path,
-                format!("cannot get size: {}", std::io::Error::last_os_error()),
-            ));
-        }
-        Ok(size as u64)
-    }
-
-    /// The next region holding data at or after `pos`, as (start, end), or
-    /// None when only a hole follows. Sources without hole support are all
-    /// data.
-    pub fn next_data(&self, pos: u64) -> Result<Option<(u64, u64)>> {
+    /// The data regions; a source without hole support is all data.
+    fn next_range(&self, pos: u64) -> Result<Option<(u64, u64)>> {
         Ok(next_data_region(&self.file, pos, self.size))
     }
 
-    /// Fills `buf` from `offset`; a short read means the source shrank.
-    pub fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+    /// A short read means the source shrank.
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         self.file.read_exact_at(buf, offset).map_err(|e| {
             if e.kind() == std::io::ErrorKind::UnexpectedEof {
                 source_error(&self.path, "source shrank while the snapshot was read")
@@ -98,7 +138,10 @@ impl Source {
 
     /// Drops pages we just read from the page cache, so that a snapshot
     /// does not evict what the host's workloads keep there.
-    pub fn forget_range(&self, offset: u64, len: u64) {
+    fn done_with(&self, offset: u64, len: u64) {
+        if !self.forget {
+            return;
+        }
         unsafe {
             libc::posix_fadvise(
                 self.file.as_raw_fd(),
@@ -108,6 +151,28 @@ impl Source {
             );
         }
     }
+
+    fn check_after_read(&self) -> Result<()> {
+        if file_size(&self.file, &self.path)? < self.size {
+            return Err(source_error(
+                &self.path,
+                "source shrank while the snapshot was read",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The size of a file or block device (lseek to the end works for both).
+fn file_size(file: &File, path: &Path) -> Result<u64> {
+    let size = unsafe { libc::lseek(file.as_raw_fd(), 0, libc::SEEK_END) };
+    if size < 0 {
+        return Err(source_error(
+            path,
+            format!("cannot get size: {}", std::io::Error::last_os_error()),
+        ));
+    }
+    Ok(size as u64)
 }
 
 /// The next region of `file` (of `size` bytes) holding data at or after
