@@ -14,12 +14,12 @@ use std::time::Instant;
 
 use super::pipeline::{self, Piece, PipelineOptions};
 use super::running::RunningGuard;
-use super::source::{ChunkSource, ImageSource, Unread};
+use super::source::{ChunkSource, ImageSource, Parent, Unread};
 use crate::catalog::names::{check_any_snapshot_name, check_snapshot_name};
 use crate::catalog::{now_ms, SnapshotRecord};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::hash::{is_all_zero, ChunkHash};
-use crate::map::MapBuilder;
+use crate::map::{MapBuilder, MapReader};
 use crate::repository::Repository;
 use crate::store::pack::{encode_chunk, Codec};
 use crate::store::Ingest;
@@ -157,12 +157,14 @@ fn take_snapshot(
     let unread = source.unread();
     let mut builder = match unread {
         Unread::Zeros => MapBuilder::new(chunks),
-        Unread::SameAs(parent) => MapBuilder::on_parent(chunks, parent),
+        Unread::SameAs(parent) => MapBuilder::on_parent(chunks, parent.map),
     };
     let mut progress = Progress {
         total_bytes: size,
         ..Progress::default()
     };
+    // Kept chunks count as the parent counted them; read ones replace theirs.
+    let mut parent_nonzero = ParentNonzero::new(repo, unread, size, chunk_size)?;
     let mut nonzero_bytes = 0u64;
     let mut last_report = Instant::now();
     let zstd = store.config().zstd();
@@ -191,7 +193,10 @@ fn take_snapshot(
             } => {
                 match unread {
                     Unread::Zeros => builder.set_zero_range(&mut ingest, first, count)?,
-                    Unread::SameAs(_) => builder.keep_range(&mut ingest, first, count)?,
+                    Unread::SameAs(_) => {
+                        parent_nonzero.check_kept(source, first, count)?;
+                        builder.keep_range(&mut ingest, first, count)?;
+                    }
                 }
                 progress.done_bytes += bytes;
             }
@@ -205,6 +210,7 @@ fn take_snapshot(
                     let chunk = first + i as u64;
                     let len = piece.len() as u64;
                     progress.done_bytes += len;
+                    parent_nonzero.replaced(chunk)?;
                     let hash = match verdict {
                         Verdict::Zero => {
                             builder.set_zero_range(&mut ingest, chunk, 1)?;
@@ -261,7 +267,7 @@ fn take_snapshot(
         size,
         chunk_size: chunk_size as u32,
         map,
-        nonzero_bytes,
+        nonzero_bytes: nonzero_bytes + parent_nonzero.kept(),
         added_bytes: ingest.added_bytes(),
         source: source.path().to_path_buf(),
         protected: false,
@@ -273,4 +279,89 @@ fn take_snapshot(
         report(&progress);
     }
     Ok(record)
+}
+
+/// The non-zero bytes of the parent's chunks that a snapshot built on it
+/// keeps: the parent's count, less the chunks read anew and those past the
+/// new end.
+struct ParentNonzero<'r> {
+    parent: Option<(Parent, MapReader<'r>)>,
+    chunk_size: u64,
+    size: u64,
+    kept: u64,
+}
+
+impl<'r> ParentNonzero<'r> {
+    fn new(repo: &'r Repository, unread: Unread, size: u64, chunk_size: u64) -> Result<Self> {
+        let mut this = ParentNonzero {
+            parent: None,
+            chunk_size,
+            size,
+            kept: 0,
+        };
+        if let Unread::SameAs(parent) = unread {
+            let map = MapReader::new(repo.store(), parent.map);
+            this.kept = parent.nonzero_bytes;
+            this.parent = Some((parent, map));
+            // A disk that shrank keeps nothing past its new end.
+            for chunk in size.div_ceil(chunk_size)..parent.map.chunks {
+                this.replaced(chunk)?;
+            }
+        }
+        Ok(this)
+    }
+
+    fn parent_len(parent: &Parent, chunk: u64, chunk_size: u64) -> u64 {
+        parent
+            .size
+            .saturating_sub(chunk * chunk_size)
+            .min(chunk_size)
+    }
+
+    /// Chunk `chunk` no longer holds the parent's bytes.
+    fn replaced(&mut self, chunk: u64) -> Result<()> {
+        let Some((parent, map)) = &self.parent else {
+            return Ok(());
+        };
+        if chunk < parent.map.chunks && !map.chunk_hash(chunk)?.is_zero() {
+            let len = Self::parent_len(parent, chunk, self.chunk_size);
+            self.kept = self.kept.saturating_sub(len);
+        }
+        Ok(())
+    }
+
+    /// Refuses to keep a chunk whose length is not the parent's: the map
+    /// would name bytes of the wrong length.
+    fn check_kept(&self, source: &dyn ChunkSource, first: u64, count: u64) -> Result<()> {
+        let Some((parent, _)) = &self.parent else {
+            return Ok(());
+        };
+        let new_len = |chunk: u64| {
+            self.size
+                .saturating_sub(chunk * self.chunk_size)
+                .min(self.chunk_size)
+        };
+        let end = first + count;
+        // Only the last chunks of either size can differ in length.
+        let edges = [
+            parent.map.chunks.saturating_sub(1),
+            self.size.div_ceil(self.chunk_size).saturating_sub(1),
+        ];
+        for chunk in edges {
+            let within = (first..end).contains(&chunk) && chunk < parent.map.chunks;
+            if within && new_len(chunk) != Self::parent_len(parent, chunk, self.chunk_size) {
+                return Err(Error::Source {
+                    path: source.path().to_path_buf(),
+                    why: format!(
+                        "chunk {chunk} changed length with the disk's size but was not read"
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn kept(&self) -> u64 {
+        self.kept
+    }
 }

@@ -9,6 +9,7 @@ use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
+use crate::catalog::SnapshotRecord;
 use crate::error::{Error, Result};
 use crate::map::MapRoot;
 
@@ -17,9 +18,28 @@ use crate::map::MapRoot;
 pub enum Unread {
     /// All zeros (the holes of a sparse file).
     Zeros,
-    /// What this map holds there (chunks unchanged since a parent
-    /// snapshot); zeros past its end.
-    SameAs(MapRoot),
+    /// What the parent snapshot holds there (chunks unchanged since it);
+    /// zeros past its end. A chunk whose length changed with the disk's
+    /// size (the parent's or the new last chunk) must be read.
+    SameAs(Parent),
+}
+
+/// What a snapshot built on a parent needs to know of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Parent {
+    pub map: MapRoot,
+    pub size: u64,
+    pub nonzero_bytes: u64,
+}
+
+impl From<&SnapshotRecord> for Parent {
+    fn from(record: &SnapshotRecord) -> Parent {
+        Parent {
+            map: record.map,
+            size: record.size,
+            nonzero_bytes: record.nonzero_bytes,
+        }
+    }
 }
 
 pub trait ChunkSource: Sync {
