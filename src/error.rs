@@ -69,6 +69,21 @@ pub enum Error {
     #[error("source {path}: {why}")]
     Source { path: PathBuf, why: String },
 
+    /// The source changed while a snapshot read it.
+    #[error(
+        "source {path} changed while the snapshot read it ({why}), so the image would have been \
+         torn; nothing was kept. Run the VM from a live disk, freeze it around the read with \
+         --pre-hook/--post-hook, or keep the image on XFS or btrfs (reflink)"
+    )]
+    Torn { path: PathBuf, why: String },
+
+    #[error("{what} `{command}` failed: {why}")]
+    Hook {
+        what: String,
+        command: String,
+        why: String,
+    },
+
     #[error("corrupt chunk {hash} (pack {pack}, offset {offset}): {why}")]
     Corrupt {
         hash: ChunkHash,
@@ -86,8 +101,11 @@ pub enum Error {
     #[error("{0}")]
     Invalid(String),
 
-    #[error("{0} cancelled: the mount is stopping")]
-    Cancelled(&'static str),
+    #[error("{what} cancelled: {why}")]
+    Cancelled {
+        what: &'static str,
+        why: &'static str,
+    },
 
     /// Not a `source`: the text says all, without sled's own repeated.
     #[error("database: {}", describe_db_error(.0))]
@@ -132,7 +150,7 @@ impl Error {
             Error::Busy(_) | Error::Locked { .. } => libc::EBUSY,
             Error::DiskHasSnapshots { .. } => libc::ENOTEMPTY,
             Error::Protected { .. } => libc::EPERM,
-            Error::Cancelled(_) => libc::ECANCELED,
+            Error::Cancelled { .. } => libc::ECANCELED,
             _ => libc::EIO,
         }
     }

@@ -10,6 +10,7 @@ use crate::catalog::Catalog;
 use crate::error::Result;
 use crate::hash::ChunkHash;
 use crate::map::{MapReader, PinnedMaps};
+use crate::snapshot::reflink;
 use crate::snapshot::running::RunningDisks;
 use crate::store::gc::{self, GcReport, Roots};
 use crate::store::{OpenOptions, Store, StoreConfig};
@@ -32,12 +33,23 @@ impl Repository {
     }
 
     fn with_store(store: Store) -> Result<Repository> {
-        Ok(Repository {
+        let repo = Repository {
             catalog: Catalog::open(&store)?,
             store,
             running: RunningDisks::default(),
             pins: PinnedMaps::default(),
-        })
+        };
+        // We hold the store: no snapshot of ours reads a clone right now.
+        let tag = repo.clone_tag();
+        for disk in repo.catalog.disks().unwrap_or_default() {
+            reflink::remove_leftover(&disk.source, &tag);
+        }
+        Ok(repo)
+    }
+
+    /// What names this store's reflink clones of its sources.
+    pub fn clone_tag(&self) -> String {
+        reflink::store_tag(self.store.root())
     }
 
     pub fn store(&self) -> &Store {

@@ -52,6 +52,31 @@ pub struct SnapshotRecord {
     pub source: PathBuf,
     #[serde(default)]
     pub protected: bool,
+    /// How the point in time was made (None: before snapfs recorded it).
+    #[serde(default)]
+    pub method: Option<CaptureMethod>,
+}
+
+/// How a snapshot's point in time was made.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum CaptureMethod {
+    /// Read from a reflink clone of the source file.
+    Reflink,
+    /// Read while pre- and post-hooks held the guest still, and checked.
+    Hook,
+    /// Read, and checked before and after not to have changed meanwhile.
+    Checked,
+}
+
+impl std::fmt::Display for CaptureMethod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            CaptureMethod::Reflink => "reflink",
+            CaptureMethod::Hook => "hook",
+            CaptureMethod::Checked => "checked",
+        })
+    }
 }
 
 impl SnapshotRecord {

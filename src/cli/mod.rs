@@ -11,6 +11,7 @@ mod mount;
 mod policy;
 mod remote;
 mod rollback;
+mod signals;
 mod snapshot;
 mod store_cmds;
 

@@ -56,6 +56,15 @@ pub struct SetArgs {
     /// Cap on how fast this disk's snapshots read it, e.g. 50M (per second); none clears
     #[arg(long, value_name = "RATE")]
     max_rate: Option<String>,
+    /// Run CMD before each automatic snapshot's read (e.g. 'virsh domfsfreeze vm1'); none clears
+    #[arg(long, value_name = "CMD")]
+    pre_hook: Option<String>,
+    /// Run CMD after each automatic snapshot's read, whatever happened; none clears
+    #[arg(long, value_name = "CMD")]
+    post_hook: Option<String>,
+    /// Time a hook may take (30s, 2m); none clears (default 60s)
+    #[arg(long, value_name = "DURATION")]
+    hook_timeout: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -85,6 +94,9 @@ pub fn run(repo: &Repository, command: PolicyCommand, out: &mut Output) -> Resul
                 ("keep-weekly", &args.keep_weekly),
                 ("keep-monthly", &args.keep_monthly),
                 ("max-rate", &args.max_rate),
+                ("pre-hook", &args.pre_hook),
+                ("post-hook", &args.post_hook),
+                ("hook-timeout", &args.hook_timeout),
             ];
             for (key, value) in settings {
                 if let Some(value) = value {

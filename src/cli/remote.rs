@@ -49,7 +49,8 @@ pub fn run(mnt: &Path, command: Command) -> Result<()> {
             disk,
             name,
             max_rate: None,
-        }) => create(mnt, &disk, &name),
+            hooks,
+        }) if !hooks.any() => create(mnt, &disk, &name),
         Command::Export(args) => export(mnt, args),
         Command::Rollback(args) => control(mnt, args.control_args()?).map_err(|e| {
             let target = args

@@ -6,8 +6,10 @@ use anyhow::Result;
 use clap::Subcommand;
 use indicatif::{ProgressBar, ProgressStyle};
 
+use super::signals;
 use super::{print_json, Output};
 use snapfs::catalog::SnapshotRecord;
+use snapfs::snapshot::hooks::Hooks;
 use snapfs::snapshot::{create_snapshot, CreateOptions, Progress};
 use snapfs::units::parse_size;
 use snapfs::units::{format_bytes, format_time_ms, rfc3339_ms};
@@ -22,6 +24,8 @@ pub enum SnapshotCommand {
         /// Cap on how fast the disk is read, per second (e.g. 50M)
         #[arg(long, value_name = "RATE", value_parser = parse_size)]
         max_rate: Option<u64>,
+        #[command(flatten)]
+        hooks: HookArgs,
     },
     /// List snapshots: name, disk, created, size, state, bytes added to the store
     List {
@@ -43,6 +47,36 @@ pub enum SnapshotCommand {
     Protect { disk: String, name: String },
     /// Lift the protection of a snapshot
     Unprotect { disk: String, name: String },
+}
+
+/// Commands that hold a running guest still around the read of its disk.
+#[derive(clap::Args, Debug, Default, Clone)]
+pub struct HookArgs {
+    /// Run CMD (with sh -c) before the disk is read, e.g. 'virsh domfsfreeze vm1'; its failure fails the snapshot
+    #[arg(long, value_name = "CMD")]
+    pub pre_hook: Option<String>,
+    /// Run CMD after the disk is read, whatever happened (also on failure or cancel), e.g. 'virsh domfsthaw vm1'
+    #[arg(long, value_name = "CMD")]
+    pub post_hook: Option<String>,
+    /// Seconds a hook may take before it is killed and the snapshot fails [default: 60]
+    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u32).range(1..=86400))]
+    pub hook_timeout: Option<u32>,
+}
+
+impl HookArgs {
+    pub fn any(&self) -> bool {
+        self.pre_hook.is_some() || self.post_hook.is_some() || self.hook_timeout.is_some()
+    }
+
+    pub fn hooks(&self) -> Hooks {
+        Hooks {
+            pre: self.pre_hook.clone(),
+            post: self.post_hook.clone(),
+            timeout: self
+                .hook_timeout
+                .map(|s| std::time::Duration::from_secs(s as u64)),
+        }
+    }
 }
 
 #[derive(serde::Serialize)]
@@ -82,6 +116,7 @@ pub fn run(repo: &Repository, command: SnapshotCommand, out: &mut Output) -> Res
             disk,
             name,
             max_rate,
+            hooks,
         } => {
             let bar = progress_bar(out.interactive);
             let report = |p: &Progress| {
@@ -90,9 +125,15 @@ pub fn run(repo: &Repository, command: SnapshotCommand, out: &mut Output) -> Res
                     bar.set_position(p.done_bytes);
                 }
             };
+            // A local command stops cleanly on Ctrl-C or SIGTERM, so that
+            // the post-hook runs; inside the mount, the mount handles signals.
+            let cancel = out.interactive.then(signals::cancel_on_signal);
             let options = CreateOptions {
                 progress: Some(&report),
                 max_rate,
+                hooks: hooks.hooks(),
+                cancel,
+                cancelled_by: "a signal stopped it",
                 ..CreateOptions::default()
             };
             let started = std::time::Instant::now();

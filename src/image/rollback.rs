@@ -222,6 +222,7 @@ fn write_differing(
         idle_io: false,
         cancel: None,
         what: "rollback",
+        cancelled_by: "",
     };
     pipeline::run(&source, chunk_size, &options, &judge, &mut collect)
 }

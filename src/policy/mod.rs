@@ -3,7 +3,8 @@
 //!
 //! A policy has a text form, used by `.policy` in the mount and shown by
 //! `snapfs policy show`: space-separated `key=value` settings, e.g.
-//! `at=2,14 days=mon,wed,fri retain-days=7 keep-last=3 max-rate=50M`.
+//! `at=2,14 days=mon,wed,fri retain-days=7 keep-last=3 max-rate=50M`; a
+//! value with spaces is quoted: `pre-hook='virsh domfsfreeze vm1'`.
 
 pub mod prune;
 pub mod retention;
@@ -39,6 +40,14 @@ pub struct Policy {
     /// Cap on how fast a snapshot reads its source, bytes per second.
     #[serde(default)]
     pub max_rate: Option<u64>,
+    /// Commands run before and after each automatic snapshot's read.
+    #[serde(default)]
+    pub pre_hook: Option<String>,
+    #[serde(default)]
+    pub post_hook: Option<String>,
+    /// Seconds a hook may take (None: the default).
+    #[serde(default)]
+    pub hook_timeout_secs: Option<u64>,
 }
 
 /// Count rules, as backup tools have them: keep the newest snapshot of
@@ -171,12 +180,77 @@ fn parse_retain_days(days: &str) -> Result<u32> {
         })
 }
 
+/// A hook command: one line, and quotable in the text form.
+fn parse_hook(command: &str) -> Result<String> {
+    if command.trim().is_empty() {
+        return Err(invalid("a hook needs a command"));
+    }
+    if command.contains(['\n', '\r']) {
+        return Err(invalid("a hook command must be one line"));
+    }
+    if command.contains('\'') && command.contains('"') {
+        return Err(invalid(
+            "a hook command cannot hold both ' and \" (put it in a script)",
+        ));
+    }
+    Ok(command.to_string())
+}
+
 fn parse_count(key: &str, value: &str) -> Result<u32> {
     value
         .parse::<u32>()
         .ok()
         .filter(|n| *n > 0)
         .ok_or_else(|| invalid(format!("{key}={value}: expected a count of at least 1")))
+}
+
+/// Splits policy text into `key=value` settings at white space, except
+/// inside a quoted part of a value (`'...'` or `"..."`, no escapes); the
+/// quotes go.
+fn settings_of(text: &str) -> Result<Vec<(String, String)>> {
+    let mut settings = Vec::new();
+    let mut chars = text.chars().peekable();
+    loop {
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        if chars.peek().is_none() {
+            return Ok(settings);
+        }
+        let key: String =
+            std::iter::from_fn(|| chars.next_if(|c| *c != '=' && !c.is_whitespace())).collect();
+        if key.contains(['\'', '"']) || chars.next_if_eq(&'=').is_none() {
+            return Err(invalid(format!("{key:?} is not key=value")));
+        }
+        let mut value = String::new();
+        while let Some(c) = chars.next_if(|c| !c.is_whitespace()) {
+            if c != '\'' && c != '"' {
+                value.push(c);
+                continue;
+            }
+            let mut closed = false;
+            for q in chars.by_ref() {
+                if q == c {
+                    closed = true;
+                    break;
+                }
+                value.push(q);
+            }
+            if !closed {
+                return Err(invalid(format!("{key}=: unterminated quote")));
+            }
+        }
+        settings.push((key, value));
+    }
+}
+
+/// A hook command as the text form shows it: quoted when it has spaces.
+fn quoted(command: &str) -> String {
+    if !command.contains(char::is_whitespace) && !command.contains(['\'', '"']) {
+        command.to_string()
+    } else if command.contains('\'') {
+        format!("\"{command}\"")
+    } else {
+        format!("'{command}'")
+    }
 }
 
 impl Policy {
@@ -187,12 +261,9 @@ impl Policy {
             return Err(invalid("policy text must be ASCII key=value settings"));
         }
         let mut any = false;
-        for setting in text.split_whitespace() {
+        for (key, value) in settings_of(text)? {
             any = true;
-            let (key, value) = setting
-                .split_once('=')
-                .ok_or_else(|| invalid(format!("{setting:?} is not key=value")))?;
-            self.set(key, value)?;
+            self.set(&key, &value)?;
         }
         if !any {
             return Err(invalid(
@@ -221,10 +292,16 @@ impl Policy {
                 self.max_rate =
                     unless_none(value, |v| parse_size(v).map_err(invalid))?.filter(|r| *r > 0)
             }
+            "pre-hook" => self.pre_hook = unless_none(value, parse_hook)?,
+            "post-hook" => self.post_hook = unless_none(value, parse_hook)?,
+            "hook-timeout" => {
+                self.hook_timeout_secs = unless_none(value, |v| Ok(parse_duration(v)?.as_secs()))?
+            }
             other => {
                 return Err(invalid(format!(
                     "unknown setting {other:?} (known: at, days, every, retain-days, keep-last, \
-                     keep-hourly, keep-daily, keep-weekly, keep-monthly, max-rate)"
+                     keep-hourly, keep-daily, keep-weekly, keep-monthly, max-rate, pre-hook, \
+                     post-hook, hook-timeout)"
                 )))
             }
         }
@@ -241,6 +318,15 @@ impl Policy {
             return Err(invalid("days= needs at=HOURS"));
         }
         Ok(())
+    }
+
+    /// The hooks its automatic snapshots run.
+    pub fn hooks(&self) -> crate::snapshot::hooks::Hooks {
+        crate::snapshot::hooks::Hooks {
+            pre: self.pre_hook.clone(),
+            post: self.post_hook.clone(),
+            timeout: self.hook_timeout_secs.map(Duration::from_secs),
+        }
     }
 
     /// Whether the policy takes snapshots at all.
@@ -286,6 +372,15 @@ impl fmt::Display for Policy {
         if let Some(rate) = self.max_rate {
             parts.push(format!("max-rate={}", format_size_exact(rate)));
         }
+        if let Some(command) = &self.pre_hook {
+            parts.push(format!("pre-hook={}", quoted(command)));
+        }
+        if let Some(command) = &self.post_hook {
+            parts.push(format!("post-hook={}", quoted(command)));
+        }
+        if let Some(secs) = self.hook_timeout_secs {
+            parts.push(format!("hook-timeout={}", format_duration(secs)));
+        }
         write!(f, "{}", parts.join(" "))
     }
 }
@@ -328,6 +423,28 @@ mod tests {
     }
 
     #[test]
+    fn hooks_round_trip_quoted() {
+        let mut policy = Policy::default();
+        policy
+            .apply_text("every=1h pre-hook='virsh domfsfreeze vm1' post-hook=\"echo 'thawed'\" hook-timeout=30s")
+            .unwrap();
+        assert_eq!(policy.pre_hook.as_deref(), Some("virsh domfsfreeze vm1"));
+        assert_eq!(policy.post_hook.as_deref(), Some("echo 'thawed'"));
+        assert_eq!(policy.hook_timeout_secs, Some(30));
+        let text = policy.to_string();
+        assert_eq!(
+            text,
+            "every=1h retain-days=forever pre-hook='virsh domfsfreeze vm1' \
+             post-hook=\"echo 'thawed'\" hook-timeout=30s"
+        );
+        let mut again = Policy::default();
+        again.apply_text(&text).unwrap();
+        assert_eq!(again, policy);
+        again.apply_text("pre-hook=none").unwrap();
+        assert_eq!(again.pre_hook, None);
+    }
+
+    #[test]
     fn bad_settings_are_refused() {
         for bad in [
             "",
@@ -346,6 +463,9 @@ mod tests {
             "at=1 every=1h",
             "max-rate=fast",
             "at=1\u{e9}",
+            "pre-hook='unterminated",
+            "pre-hook=",
+            "'pre-hook'=x",
         ] {
             let mut policy = Policy::default();
             assert!(policy.apply_text(bad).is_err(), "{bad:?} accepted");

@@ -12,11 +12,15 @@
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
+use std::cell::Cell;
+
+use super::hooks::{HookContext, Hooks};
 use super::pipeline::{self, Piece, PipelineOptions};
+use super::reflink;
 use super::running::RunningGuard;
 use super::source::{ChunkSource, ImageSource, Parent, Unread};
 use crate::catalog::names::{check_any_snapshot_name, check_snapshot_name};
-use crate::catalog::{now_ms, SnapshotRecord};
+use crate::catalog::{now_ms, CaptureMethod, SnapshotRecord};
 use crate::error::{Error, Result};
 use crate::hash::{is_all_zero, ChunkHash};
 use crate::map::{MapBuilder, MapReader};
@@ -62,11 +66,17 @@ pub struct CreateOptions<'a> {
     pub progress: Option<&'a (dyn Fn(&Progress) + Sync)>,
     /// Set to stop the snapshot early; it then fails and leaves nothing.
     pub cancel: Option<&'a AtomicBool>,
+    /// Who sets `cancel`, as the error says.
+    pub cancelled_by: &'static str,
     /// Cap on how fast the source is read, in bytes per second.
     pub max_rate: Option<u64>,
     /// Read the source at idle I/O priority, so the disk's own users come
     /// first (honoured by the BFQ scheduler; others ignore it).
     pub idle_io: bool,
+    /// Commands run before and after the read of a registered disk.
+    pub hooks: Hooks,
+    /// Read a reflink clone of a source file where its filesystem can make one.
+    pub reflink: bool,
 }
 
 impl Default for CreateOptions<'_> {
@@ -76,8 +86,11 @@ impl Default for CreateOptions<'_> {
             automatic: false,
             progress: None,
             cancel: None,
+            cancelled_by: "the mount is stopping",
             max_rate: None,
             idle_io: true,
+            hooks: Hooks::default(),
+            reflink: true,
         }
     }
 }
@@ -107,7 +120,11 @@ pub fn create_snapshot(
 }
 
 /// `create_snapshot` for a caller that already marked the disk running:
-/// reads the disk's registered source.
+/// reads the disk's registered source at one point in time, or fails.
+/// That point is a reflink clone where the source's filesystem makes one,
+/// else the read itself, between the pre- and post-hooks if any; either
+/// way the read fails with `Torn` if the source changed during it. The
+/// post-hook runs whatever happens, as soon as the clone or read is done.
 pub fn create_marked(
     repo: &Repository,
     running: &RunningGuard,
@@ -115,8 +132,50 @@ pub fn create_marked(
     options: &CreateOptions,
 ) -> Result<SnapshotRecord> {
     let disk = repo.catalog().disk(running.disk())?;
-    let source = ImageSource::open(&disk.source)?;
-    create_from(repo, running, name, &source, options)
+    // A refused name freezes nothing.
+    check_name(repo, &disk.name, name, options.automatic)?;
+    let hooks = &options.hooks;
+    let context = HookContext {
+        disk: &disk.name,
+        snapshot: name,
+        source: &disk.source,
+    };
+    let post_done = Cell::new(hooks.post.is_none());
+    let run_post = || {
+        if post_done.replace(true) {
+            Ok(())
+        } else {
+            hooks.run_post(&context)
+        }
+    };
+    let taken = (|| {
+        hooks.run_pre(&context)?;
+        let clone = options
+            .reflink
+            .then(|| reflink::clone_of(&disk.source, &repo.clone_tag()))
+            .flatten();
+        let method = match (&clone, hooks.any()) {
+            (Some(_), _) => CaptureMethod::Reflink,
+            (None, true) => CaptureMethod::Hook,
+            (None, false) => CaptureMethod::Checked,
+        };
+        if clone.is_some() {
+            // The clone holds the point in time: the guest may go on.
+            run_post()?;
+        }
+        let path = clone.as_ref().map_or(disk.source.as_path(), |c| c.path());
+        let source = ImageSource::open(path)?;
+        let origin = Origin {
+            source: &disk.source,
+            method: Some(method),
+            after_read: &run_post,
+        };
+        take_snapshot(repo, &disk.name, name, &source, options, origin)
+    })();
+    let thawed = run_post();
+    let record = taken.map_err(|e| repo.store().blame_lost_folder(e))?;
+    thawed?;
+    Ok(record)
 }
 
 /// Takes snapshot `name` of the running disk from `source`.
@@ -127,8 +186,33 @@ pub fn create_from(
     source: &dyn ChunkSource,
     options: &CreateOptions,
 ) -> Result<SnapshotRecord> {
-    take_snapshot(repo, running.disk(), name, source, options)
+    let origin = Origin {
+        source: source.path(),
+        method: None,
+        after_read: &|| Ok(()),
+    };
+    repo.catalog()
+        .disk(running.disk())
+        .and_then(|_| check_name(repo, running.disk(), name, options.automatic))
+        .and_then(|()| take_snapshot(repo, running.disk(), name, source, options, origin))
         .map_err(|e| repo.store().blame_lost_folder(e))
+}
+
+/// What the record says of where a snapshot came from, and what runs
+/// once its source has been read.
+struct Origin<'a> {
+    source: &'a std::path::Path,
+    method: Option<CaptureMethod>,
+    after_read: &'a dyn Fn() -> Result<()>,
+}
+
+fn check_name(repo: &Repository, disk: &str, name: &str, automatic: bool) -> Result<()> {
+    if automatic {
+        check_any_snapshot_name(name)?;
+    } else {
+        check_snapshot_name(name)?;
+    }
+    repo.catalog().check_name_free(disk, name)
 }
 
 fn take_snapshot(
@@ -137,15 +221,9 @@ fn take_snapshot(
     name: &str,
     source: &dyn ChunkSource,
     options: &CreateOptions,
+    origin: Origin,
 ) -> Result<SnapshotRecord> {
-    if options.automatic {
-        check_any_snapshot_name(name)?;
-    } else {
-        check_snapshot_name(name)?;
-    }
     let (store, catalog) = (repo.store(), repo.catalog());
-    catalog.disk(disk)?;
-    catalog.check_name_free(disk, name)?;
 
     let created_ms = now_ms();
     let chunk_size = store.chunk_size();
@@ -254,9 +332,14 @@ fn take_snapshot(
         idle_io: options.idle_io,
         cancel: options.cancel,
         what: "snapshot",
+        cancelled_by: options.cancelled_by,
     };
-    pipeline::run(source, chunk_size, &pipeline_options, &judge, &mut collect)?;
-    source.check_after_read()?;
+    source.before_read()?;
+    let read = pipeline::run(source, chunk_size, &pipeline_options, &judge, &mut collect)
+        .and_then(|()| source.check_after_read());
+    let after = (origin.after_read)();
+    read?;
+    after?;
 
     let map = builder.finish()?;
     let record = SnapshotRecord {
@@ -269,8 +352,9 @@ fn take_snapshot(
         map,
         nonzero_bytes: nonzero_bytes + parent_nonzero.kept(),
         added_bytes: ingest.added_bytes(),
-        source: source.path().to_path_buf(),
+        source: origin.source.to_path_buf(),
         protected: false,
+        method: origin.method,
     };
     let record = catalog.commit_snapshot(ingest, record)?;
     progress.added_bytes = record.added_bytes;

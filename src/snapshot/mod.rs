@@ -2,7 +2,9 @@
 //! rollback), the create step, and the set of disks busy with one.
 
 pub mod create;
+pub mod hooks;
 pub mod pipeline;
+pub mod reflink;
 pub mod running;
 pub mod source;
 

@@ -34,8 +34,9 @@ pub struct PipelineOptions<'a> {
     pub idle_io: bool,
     /// Set to stop early; the run then fails with `Cancelled`.
     pub cancel: Option<&'a AtomicBool>,
-    /// What a cancelled run says it was.
+    /// What a cancelled run says it was, and who cancelled it.
     pub what: &'static str,
+    pub cancelled_by: &'static str,
 }
 
 /// What the collector gets, in disk order.
@@ -207,7 +208,10 @@ impl<V> Reader<'_, V> {
             while chunk < last {
                 let cancelled = options.cancel.is_some_and(|c| c.load(Ordering::Relaxed));
                 if stop.load(Ordering::Relaxed) || cancelled {
-                    return self.fail(Error::Cancelled(options.what));
+                    return self.fail(Error::Cancelled {
+                        what: options.what,
+                        why: options.cancelled_by,
+                    });
                 }
                 let batch = (READ_BATCH / chunk_size).max(1).min(last - chunk);
                 let offset = chunk * chunk_size;

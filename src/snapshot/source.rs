@@ -64,8 +64,13 @@ pub trait ChunkSource: Sync {
     /// Bytes the pipeline has read and will not ask for again.
     fn done_with(&self, _offset: u64, _len: u64) {}
 
-    /// Fails if the source changed under the read in a way that makes what
-    /// was read wrong.
+    /// Called once before the first read.
+    fn before_read(&self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Fails if the source changed under the read: what was read would
+    /// then be no point in time (a torn image).
     fn check_after_read(&self) -> Result<()> {
         Ok(())
     }
@@ -90,12 +95,16 @@ pub fn check_source(path: &Path) -> Result<PathBuf> {
 
 /// A raw image file or block device, read whole but for the holes of a
 /// sparse file, in large reads that do not push the host's page cache out.
+/// A snapshot of one refuses to keep what it read if the source changed
+/// meanwhile (see `SourceState`).
 pub struct ImageSource {
     file: File,
     path: PathBuf,
     size: u64,
-    /// Drop read pages from the page cache (a snapshot reads a disk once).
-    forget: bool,
+    /// Read for a snapshot: drop read pages from the page cache (a snapshot
+    /// reads a disk once) and watch for changes.
+    for_snapshot: bool,
+    before: std::sync::Mutex<Option<SourceState>>,
 }
 
 impl ImageSource {
@@ -115,19 +124,26 @@ impl ImageSource {
             file,
             path: path.to_path_buf(),
             size,
-            forget: true,
+            for_snapshot: true,
+            before: Default::default(),
         })
     }
 
     /// The first `size` bytes of an open file (a rollback's target, which
-    /// it is about to write: its pages stay cached).
+    /// it is about to write: its pages stay cached, and it changes).
     pub fn of_file(file: File, path: &Path, size: u64) -> ImageSource {
         ImageSource {
             file,
             path: path.to_path_buf(),
             size,
-            forget: false,
+            for_snapshot: false,
+            before: Default::default(),
         }
+    }
+
+    fn state(&self) -> Result<SourceState> {
+        SourceState::of(&self.file, &self.path)
+            .map_err(|e| source_error(&self.path, format!("cannot tell whether it changed: {e}")))
     }
 }
 
@@ -159,7 +175,7 @@ impl ChunkSource for ImageSource {
     /// Drops pages we just read from the page cache, so that a snapshot
     /// does not evict what the host's workloads keep there.
     fn done_with(&self, offset: u64, len: u64) {
-        if !self.forget {
+        if !self.for_snapshot {
             return;
         }
         unsafe {
@@ -172,6 +188,13 @@ impl ChunkSource for ImageSource {
         }
     }
 
+    fn before_read(&self) -> Result<()> {
+        if self.for_snapshot {
+            *self.before.lock().unwrap_or_else(|e| e.into_inner()) = Some(self.state()?);
+        }
+        Ok(())
+    }
+
     fn check_after_read(&self) -> Result<()> {
         if file_size(&self.file, &self.path)? < self.size {
             return Err(source_error(
@@ -179,8 +202,101 @@ impl ChunkSource for ImageSource {
                 "source shrank while the snapshot was read",
             ));
         }
-        Ok(())
+        let before = self.before.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let Some(before) = before else {
+            return Ok(());
+        };
+        let after = self.state()?;
+        match before.changed_to(&after) {
+            Some(why) => Err(Error::Torn {
+                path: self.path.clone(),
+                why,
+            }),
+            None => Ok(()),
+        }
     }
+}
+
+/// What tells whether a source changed between two looks. A file: which
+/// inode its path names, its size and its modification and change times
+/// (nanoseconds; the kernel gives a fine-grained time to a change that
+/// follows a look). A block device: the same of its device node (writes
+/// through it update its times) and the write counters of the device in
+/// /sys, after flushing its page cache so that buffered writes by others
+/// reach them. Not seen: writes by another host to a shared device, and
+/// writes made below the block layer.
+#[derive(Debug, PartialEq, Eq)]
+struct SourceState {
+    path_ino: (u64, u64),
+    file_ino: (u64, u64),
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+    /// writes completed, sectors written, discards completed, writes in flight.
+    device_writes: Option<[u64; 4]>,
+}
+
+impl SourceState {
+    fn of(file: &File, path: &Path) -> std::io::Result<SourceState> {
+        use std::os::unix::fs::MetadataExt;
+        let is_device = file.metadata()?.file_type().is_block_device();
+        if is_device {
+            // Dirty pages of the device, whoever wrote them, go out now.
+            file.sync_data()?;
+        }
+        let meta = file.metadata()?;
+        let named = std::fs::metadata(path)?;
+        let device_writes = if is_device {
+            Some(device_write_counters(meta.rdev())?)
+        } else {
+            None
+        };
+        Ok(SourceState {
+            path_ino: (named.dev(), named.ino()),
+            file_ino: (meta.dev(), meta.ino()),
+            size: meta.size(),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+            ctime: (meta.ctime(), meta.ctime_nsec()),
+            device_writes,
+        })
+    }
+
+    /// Why `self` and `later` differ, or None when nothing changed.
+    fn changed_to(&self, later: &SourceState) -> Option<String> {
+        if later.path_ino != later.file_ino {
+            return Some("its path now names another file".into());
+        }
+        if later.size != self.size {
+            return Some(format!("size {} became {}", self.size, later.size));
+        }
+        if later.mtime != self.mtime || later.ctime != self.ctime {
+            return Some("it was modified".into());
+        }
+        match (self.device_writes, later.device_writes) {
+            (Some(before), Some(after)) if before != after || after[3] != 0 => {
+                Some("the device was written".into())
+            }
+            _ => None,
+        }
+    }
+}
+
+/// The write counters of block device `rdev` (see Documentation/block/stat.rst).
+fn device_write_counters(rdev: u64) -> std::io::Result<[u64; 4]> {
+    let dir = format!("/sys/dev/block/{}:{}", libc::major(rdev), libc::minor(rdev));
+    let stat = std::fs::read_to_string(format!("{dir}/stat"))?;
+    let fields: Vec<u64> = stat
+        .split_whitespace()
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    let field = |i: usize| fields.get(i).copied().unwrap_or(0);
+    let inflight = std::fs::read_to_string(format!("{dir}/inflight")).unwrap_or_default();
+    let writes_in_flight = inflight
+        .split_whitespace()
+        .nth(1)
+        .and_then(|f| f.parse().ok())
+        .unwrap_or(0);
+    Ok([field(4), field(6), field(11), writes_in_flight])
 }
 
 /// The size of a file or block device (lseek to the end works for both).
