@@ -41,6 +41,7 @@
 //! | flock + OFD write lock on the target | a rollback | the disk being written |
 
 pub mod catalog;
+pub mod control;
 pub mod error;
 pub mod fs;
 pub mod fuse;

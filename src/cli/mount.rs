@@ -19,10 +19,12 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser};
 use fuser::{Config, MountOption, SessionACL};
 
-use super::remote::{mountpoint_of, ControlResponse};
+use super::remote::mountpoint_of;
 use super::{execute, open_store, Cli, Output};
-use snapfs::fs::{scheduler, ControlHandler, MountOptions, SnapFs};
+use snapfs::control;
+use snapfs::fs::{ControlHandler, MountOptions, SnapFs};
 use snapfs::fuse::FuseAdapter;
+use snapfs::policy::runner;
 use snapfs::store::lock;
 use snapfs::units::parse_size;
 use snapfs::Repository;
@@ -117,8 +119,8 @@ pub fn mount(dir: &Path, args: MountArgs) -> Result<()> {
         },
     );
     let adapter = FuseAdapter::new(fs);
-    let policies =
-        scheduler::spawn(adapter.fs(), cancel.clone()).context("cannot start the policy runner")?;
+    let policies = runner::spawn(adapter.fs().service().clone(), cancel.clone())
+        .context("cannot start the policy runner")?;
     let session = fuser::Session::new(adapter, &mountpoint, &config).map_err(|e| {
         let hint = if e.raw_os_error() == Some(libc::ENOTCONN) {
             dead_mount_hint(&mountpoint)
@@ -279,34 +281,24 @@ fn register_disks(repo: &Repository, disks: &[String]) -> Result<()> {
 
 /// Runs `.control` requests with the same code as local commands.
 fn control_handler(repo: Arc<Repository>) -> ControlHandler {
-    Box::new(move |request: &[u8]| {
-        let response = run_control_request(&repo, request);
-        serde_json::to_vec(&response).unwrap_or_default()
-    })
+    Box::new(move |request: &[u8]| run_control_request(&repo, request).encode())
 }
 
-fn run_control_request(repo: &Repository, request: &[u8]) -> ControlResponse {
-    let args: Vec<String> = match serde_json::from_slice(request) {
+fn run_control_request(repo: &Repository, request: &[u8]) -> control::Response {
+    let args = match control::decode_request(request) {
         Ok(args) => args,
         Err(e) => {
-            return ControlResponse {
-                code: 2,
-                stderr: format!("snapfs: malformed control request: {e}\n"),
-                ..ControlResponse::default()
-            }
+            return control::Response::refused(
+                2,
+                format!("snapfs: malformed control request: {e}\n"),
+            )
         }
     };
     let argv =
         std::iter::once(OsString::from("snapfs")).chain(args.into_iter().map(OsString::from));
     let cli = match Cli::try_parse_from(argv) {
         Ok(cli) => cli,
-        Err(e) => {
-            return ControlResponse {
-                code: e.exit_code(),
-                stderr: e.render().to_string(),
-                ..ControlResponse::default()
-            }
-        }
+        Err(e) => return control::Response::refused(e.exit_code(), e.render().to_string()),
     };
     let mut stdout = Vec::new();
     let result = execute(
@@ -321,7 +313,7 @@ fn run_control_request(repo: &Repository, request: &[u8]) -> ControlResponse {
         Ok(()) => (0, String::new()),
         Err(e) => (1, format!("snapfs: {}\n", super::error_line(&e))),
     };
-    ControlResponse {
+    control::Response {
         code,
         stdout: String::from_utf8_lossy(&stdout).into_owned(),
         stderr,

@@ -6,7 +6,8 @@
 //! - `export` reads the snapshot's image file (sparse: SEEK_DATA/SEEK_HOLE);
 //! - everything else goes through `/.control`: the client writes its
 //!   arguments as a JSON array, the mount runs them through the same code as
-//!   a local command, and the client reads back a `ControlResponse`.
+//!   a local command, and the client reads back the response (the format
+//!   is `snapfs::control`'s).
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -16,23 +17,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use serde::{Deserialize, Serialize};
 
 use super::disk::DiskCommand;
 use super::snapshot::{progress_bar, SnapshotCommand};
 use super::store_cmds::{open_export_output, ExportArgs};
 use super::Command;
 use snapfs::catalog::names::{check_any_snapshot_name, check_disk_name, check_snapshot_name};
+use snapfs::control;
 use snapfs::snapshot::source::next_data_region;
 use snapfs::store::lock;
 use snapfs::units::format_bytes;
-
-#[derive(Serialize, Deserialize, Debug, Default)]
-pub struct ControlResponse {
-    pub code: i32,
-    pub stdout: String,
-    pub stderr: String,
-}
 
 /// The mountpoint of the mount that holds the store at `dir`, if any.
 pub fn mountpoint_of(dir: &Path) -> Option<PathBuf> {
@@ -168,7 +162,7 @@ fn control(mnt: &Path, args: Vec<String>) -> Result<()> {
                 format!("cannot reach the mount at {}", mnt.display()),
             )
         })?;
-    file.write_all(&serde_json::to_vec(&args)?)
+    file.write_all(&control::encode_request(&args))
         .map_err(|e| mount_error(mnt, e, format!("writing {}", path.display())))?;
     // The response is read from offset 0 of the same handle.
     let mut response = Vec::new();
@@ -182,8 +176,8 @@ fn control(mnt: &Path, args: Vec<String>) -> Result<()> {
         }
         response.extend_from_slice(&buf[..n]);
     }
-    let response: ControlResponse =
-        serde_json::from_slice(&response).context("the mount sent a malformed response")?;
+    let response =
+        control::Response::decode(&response).context("the mount sent a malformed response")?;
     print!("{}", response.stdout);
     eprint!("{}", response.stderr);
     std::io::stdout().flush()?;

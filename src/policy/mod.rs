@@ -7,6 +7,7 @@
 
 pub mod prune;
 pub mod retention;
+pub mod runner;
 pub mod schedule;
 
 use std::fmt;
