@@ -1,8 +1,9 @@
 //! Running commands through a mount that holds the store: a second open of
 //! the database is never attempted while a mount runs.
 //!
-//! - `snapshot create` writes the name into `DISK/.create` and follows
-//!   `DISK/.status`, exactly as a script would;
+//! - `snapshot create` writes the name into `DISK/.create`, as a script
+//!   would, and follows the disk folder's `user.snapfs.status` xattr (the
+//!   JSON form of `.status`, see `snapfs::fs::status`);
 //! - `export` reads the snapshot's image file (sparse: SEEK_DATA/SEEK_HOLE);
 //! - everything else goes through `/.control`: the client writes its
 //!   arguments as a JSON array, the mount runs them through the same code as
@@ -24,6 +25,7 @@ use super::store_cmds::{open_export_output, ExportArgs};
 use super::Command;
 use snapfs::catalog::names::{check_any_snapshot_name, check_disk_name, check_snapshot_name};
 use snapfs::control;
+use snapfs::fs::status::StatusReport;
 use snapfs::snapshot::source::next_data_region;
 use snapfs::store::lock;
 use snapfs::units::format_bytes;
@@ -199,28 +201,61 @@ fn disk_folder(mnt: &Path, disk: &str) -> Result<PathBuf> {
     }
 }
 
+/// The value of xattr `name` of `path`.
+pub fn read_xattr(path: &Path, name: &str) -> std::io::Result<Vec<u8>> {
+    let path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
+    let name = std::ffi::CString::new(name)?;
+    // The value may grow between the size probe and the read: retry.
+    for _ in 0..4 {
+        let len = unsafe { libc::getxattr(path.as_ptr(), name.as_ptr(), std::ptr::null_mut(), 0) };
+        if len < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut value = vec![0u8; len as usize + 1024];
+        let len = unsafe {
+            libc::getxattr(
+                path.as_ptr(),
+                name.as_ptr(),
+                value.as_mut_ptr().cast(),
+                value.len(),
+            )
+        };
+        if len >= 0 {
+            value.truncate(len as usize);
+            return Ok(value);
+        }
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::ERANGE) {
+            return Err(err);
+        }
+    }
+    Err(std::io::Error::from_raw_os_error(libc::ERANGE))
+}
+
+/// The disk folder's `user.snapfs.status`: the declared, machine-readable
+/// form of `.status`.
+fn disk_status(folder: &Path) -> Option<StatusReport> {
+    let value = read_xattr(folder, "user.snapfs.status").ok()?;
+    serde_json::from_slice(&value).ok()
+}
+
 fn create(mnt: &Path, disk: &str, name: &str) -> Result<()> {
     check_snapshot_name(name)?;
     let folder = disk_folder(mnt, disk)?;
-    let status_path = folder.join(".status");
     let done = AtomicBool::new(false);
     let started = std::time::Instant::now();
     let result = std::thread::scope(|scope| {
         if let Some(bar) = progress_bar(true) {
             bar.set_length(100);
-            let (done, status_path) = (&done, &status_path);
+            let (done, folder) = (&done, &folder);
             scope.spawn(move || {
-                let prefix = format!("running: {name} ");
                 while !done.load(Ordering::Relaxed) {
-                    if let Ok(text) = std::fs::read_to_string(status_path) {
-                        let percent = text
-                            .lines()
-                            .find_map(|l| l.strip_prefix(&prefix))
-                            .and_then(|rest| rest.split('%').next())
-                            .and_then(|p| p.trim().parse::<f64>().ok());
-                        if let Some(percent) = percent {
-                            bar.set_position(percent as u64);
-                        }
+                    let percent = disk_status(folder)
+                        .and_then(|s| s.running)
+                        .filter(|r| r.snapshot == name)
+                        .map(|r| r.percent);
+                    if let Some(percent) = percent {
+                        bar.set_position(percent as u64);
                     }
                     std::thread::sleep(Duration::from_millis(200));
                 }
@@ -234,16 +269,12 @@ fn create(mnt: &Path, disk: &str, name: &str) -> Result<()> {
         done.store(true, Ordering::Relaxed);
         result
     });
-    let status = std::fs::read_to_string(&status_path).unwrap_or_default();
-    let about_name = |line: &&str| {
-        line.contains(&format!(" {name}: ")) || line.contains(&format!(" {name:?}: "))
-    };
-    let last_line = status.lines().rev().find(about_name).map(str::to_string);
+    let outcome = disk_status(&folder).and_then(|s| s.last_about(name).cloned());
     match result {
         Ok(()) => {
             let secs = started.elapsed().as_secs_f64();
-            match last_line {
-                Some(line) => println!("{line}"),
+            match outcome {
+                Some(outcome) => println!("{}", outcome.line),
                 None => println!("snapshot {name} of disk {disk} accomplished in {secs:.1} s"),
             }
             Ok(())
@@ -252,9 +283,7 @@ fn create(mnt: &Path, disk: &str, name: &str) -> Result<()> {
             "snapshot {name} of disk {disk} may not have been taken"
         ))),
         Err(e) => {
-            let why = last_line
-                .and_then(|l| l.split_once(": ").map(|(_, why)| why.to_string()))
-                .unwrap_or_else(|| e.to_string());
+            let why = outcome.and_then(|o| o.why).unwrap_or_else(|| e.to_string());
             bail!("snapshot {name} of disk {disk} failed: {why}")
         }
     }
