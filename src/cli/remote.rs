@@ -30,12 +30,67 @@ use snapfs::snapshot::source::next_data_region;
 use snapfs::store::lock;
 use snapfs::units::format_bytes;
 
-/// The mountpoint of the mount that holds the store at `dir`, if any.
-pub fn mountpoint_of(dir: &Path) -> Option<PathBuf> {
+/// How long a command waits for a mount that is going away (detached by
+/// `umount -l`, or its process ending) to let go of the store.
+const ENDING_WAIT: Duration = Duration::from_secs(5);
+
+/// The pid and mountpoint that the lock of the store at `dir` names, if a
+/// live mount process holds it.
+fn mount_holder(dir: &Path) -> Option<(u32, PathBuf)> {
     if !lock::is_locked(dir) {
         return None;
     }
-    lock::read_holder(dir)?.mountpoint
+    let holder = lock::read_holder(dir)?;
+    Some((holder.pid, holder.mountpoint?))
+}
+
+/// Whether the mount at `mnt` is served by process `pid`. The lock outlives
+/// the mount while its process ends: after `umount -l` the path shows the
+/// folder underneath (no xattr), a dead mount answers ENOTCONN.
+fn serves(mnt: &Path, pid: u32) -> bool {
+    match read_xattr(mnt, "user.snapfs.pid") {
+        Ok(value) => {
+            std::str::from_utf8(&value)
+                .ok()
+                .and_then(|v| v.trim().parse::<u32>().ok())
+                == Some(pid)
+        }
+        Err(e) => !matches!(
+            e.raw_os_error(),
+            Some(libc::ENOTCONN)
+                | Some(libc::ECONNABORTED)
+                | Some(libc::ENODATA)
+                | Some(libc::ENOTSUP)
+                | Some(libc::ENOENT)
+                | Some(libc::ENOTDIR)
+        ),
+        // Anything else (EACCES): a mount is there; the command through it
+        // says what is wrong.
+    }
+}
+
+/// The mountpoint of the mount that serves the store at `dir`, if any. A
+/// mount that is going away gets a few seconds to let go of the store
+/// (then the caller opens the store itself); if it still holds the store,
+/// this fails with one line saying so.
+pub fn mountpoint_of(dir: &Path) -> Result<Option<PathBuf>> {
+    let deadline = std::time::Instant::now() + ENDING_WAIT;
+    loop {
+        let Some((pid, mnt)) = mount_holder(dir) else {
+            return Ok(None);
+        };
+        if serves(&mnt, pid) {
+            return Ok(Some(mnt));
+        }
+        if std::time::Instant::now() >= deadline {
+            bail!(
+                "the mount at {} is ending (pid {pid}) and still holds the store; \
+                 try again once it has ended",
+                mnt.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 pub fn run(mnt: &Path, command: Command) -> Result<()> {

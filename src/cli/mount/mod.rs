@@ -68,7 +68,7 @@ pub struct UmountArgs {
 }
 
 pub fn mount(dir: &Path, args: MountArgs) -> Result<()> {
-    if let Some(mnt) = mountpoint_of(dir) {
+    if let Some(mnt) = mountpoint_of(dir)? {
         bail!(
             "store {} is already mounted at {}",
             dir.display(),
