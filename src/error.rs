@@ -130,34 +130,15 @@ fn describe_db_error(error: &sled::Error) -> String {
 }
 
 impl Error {
-    /// The errno that the filesystem answers for this error.
-    pub fn errno(&self) -> i32 {
-        match self {
-            Error::Io { source, .. } => match source.raw_os_error() {
-                Some(libc::ENOSPC) | Some(libc::EDQUOT) => libc::ENOSPC,
-                Some(code) => code,
-                None => libc::EIO,
-            },
-            Error::Db(sled::Error::Io(e)) => match e.raw_os_error() {
-                Some(libc::ENOSPC) | Some(libc::EDQUOT) => libc::ENOSPC,
-                _ => libc::EIO,
-            },
-            Error::InvalidName { .. } | Error::Invalid(_) => libc::EINVAL,
-            Error::DiskNotFound(_) | Error::SnapshotNotFound { .. } => libc::ENOENT,
-            Error::DiskExists(_) | Error::SnapshotExists { .. } | Error::StoreExists(_) => {
-                libc::EEXIST
-            }
-            Error::Busy(_) | Error::Locked { .. } => libc::EBUSY,
-            Error::DiskHasSnapshots { .. } => libc::ENOTEMPTY,
-            Error::Protected { .. } => libc::EPERM,
-            Error::Cancelled { .. } => libc::ECANCELED,
-            _ => libc::EIO,
-        }
-    }
-
-    /// True when the error means the store's filesystem ran out of space.
+    /// True when the error means the store's filesystem ran out of space
+    /// (or quota).
     pub fn is_no_space(&self) -> bool {
-        self.errno() == libc::ENOSPC
+        let code = match self {
+            Error::Io { source, .. } => source.raw_os_error(),
+            Error::Db(sled::Error::Io(e)) => e.raw_os_error(),
+            _ => None,
+        };
+        matches!(code, Some(libc::ENOSPC) | Some(libc::EDQUOT))
     }
 }
 

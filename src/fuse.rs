@@ -38,7 +38,7 @@ impl FuseAdapter {
     }
 
     /// The filesystem core, for the parts of the mount that run beside the
-    /// FUSE session (the policy runner).
+    /// FUSE session (the policy runner uses its snapshot service).
     pub fn fs(&self) -> Arc<SnapFs> {
         self.fs.clone()
     }
@@ -84,12 +84,15 @@ impl FuseAdapter {
     }
 }
 
-/// Logs the cause of an error once and turns it into the reply's errno.
+/// Logs the cause of an error once (with what the request was doing) and
+/// turns it into the reply's errno.
 fn errno(op: &str, e: FsError) -> Errno {
-    match &e.cause {
-        Some(cause) if e.errno == libc::EIO => log::error!("{op}: {cause}"),
-        Some(cause) => log::debug!("{op}: {cause}"),
-        None => {}
+    if e.cause.is_some() || e.context.is_some() {
+        if e.errno == libc::EIO {
+            log::error!("{op}: {e}");
+        } else {
+            log::debug!("{op}: {e}");
+        }
     }
     Errno::from_i32(e.errno)
 }

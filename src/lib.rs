@@ -21,6 +21,13 @@
 //! - [`rollback`] writes a snapshot back onto a disk, only the chunks that
 //!   differ, to a target it has locked and checked is not in use.
 //! - [`verify`] and [`stats`] read the whole store.
+//! - [`fs`] is the filesystem core without FUSE types (nodes, attrs,
+//!   handles, control files, the snapshot service with the one "running"
+//!   check, errno at the edge); [`fuse`] is the thin fuser adapter that logs
+//!   each error once.
+//! - [`policy`] holds schedules, retention, prune and the mount's runner.
+//! - [`control`] is the `.control` request/response format, shared by the
+//!   mount and the CLI client.
 //!
 //! # Durability
 //!
@@ -37,10 +44,11 @@
 //! | `Store::catalog_lock` | name checks + catalog writes | snapshot names |
 //! | `Store::gc_coord` | reference check of a writing session; gc's mark start and final commit | chunk liveness |
 //! | `Store::gc_run` | one gc pass | packs being rewritten |
-//! | `Store::running` | one snapshot per disk (or a rollback of it) | EBUSY |
+//! | `Repository::running` | one snapshot per disk (or a rollback of it) | EBUSY |
 //! | flock + OFD write lock on the target | a rollback | the disk being written |
 
 pub mod catalog;
+pub mod control;
 pub mod error;
 pub mod fs;
 pub mod fuse;

@@ -15,6 +15,8 @@ use common::{
     fails, list_snapshots, ok, run_expect, run_timeout, snapfs, snapfs_bare, store_state,
     usage_error, write_random_file, Rng,
 };
+// The errno the mount would answer: mapped at the filesystem edge.
+use snapfs::fs::ToErrno;
 use snapfs::snapshot::{create_snapshot, CreateOptions};
 use snapfs::store::OpenOptions;
 use snapfs::Repository;

@@ -23,8 +23,8 @@ use std::time::{Duration, Instant, SystemTime};
 use common::mount::{is_mounted, loop_mount_ro, Mount};
 use common::{
     assert_bytes_equal_file, assert_same_file, change_files, copy_real_files, copy_sparse, fails,
-    files_under, find_tool, need_fuse, ok, run, run_expect, skip, snapfs, write_random_file,
-    Ext4Image, Rng,
+    files_under, find_tool, need_fuse, ok, run, run_expect, run_timeout, skip, snapfs,
+    write_random_file, Ext4Image, Rng,
 };
 use tempfile::TempDir;
 
@@ -1201,4 +1201,123 @@ fn mount_options_register_disks_and_set_allow_other() {
         .expect("mount -o bogus was accepted");
     assert!(refused.contains("unknown mount option"), "{refused}");
     assert_eq!(common::list_snapshots(&fx.store).len(), 1);
+}
+
+/// Runs `snapfs snapshot list` while a mount that is going away still
+/// holds the store: it must fail soon, with one line naming the mount and
+/// its pid, instead of trying the mount's (absent) `.control`.
+fn assert_mount_ending(store: &Path, mnt: &Path, pid: u32) {
+    let started = Instant::now();
+    let ran = run_timeout(
+        snapfs(store).args(["snapshot", "list"]),
+        Duration::from_secs(60),
+    );
+    let took = started.elapsed();
+    assert_eq!(
+        ran.code,
+        Some(1),
+        "stdout:\n{}stderr:\n{}",
+        ran.stdout,
+        ran.stderr
+    );
+    let lines: Vec<&str> = ran.stderr.lines().collect();
+    let expected = format!(
+        "snapfs: the mount at {} is ending (pid {pid})",
+        mnt.display()
+    );
+    assert!(
+        lines.len() == 1 && lines[0].starts_with(&expected),
+        "expected one line starting {expected:?}, got:\n{}",
+        ran.stderr
+    );
+    assert!(lines[0].contains("try again"), "{}", lines[0]);
+    assert!(took < Duration::from_secs(20), "took {took:?} to say so");
+}
+
+/// After `umount -l` of a mount with a snapshot file open, the mount's
+/// process serves that file and holds the store until it is closed;
+/// commands say so in one line, then work without a mount.
+#[test]
+fn commands_after_umount_lazy_wait_for_the_ending_mount_then_open_the_store() {
+    if !need_fuse("commands_after_umount_lazy_wait_for_the_ending_mount_then_open_the_store") {
+        return;
+    }
+    let fx = Fixture::new();
+    let source = fx.random_disk("d", 4 * MIB, 41);
+    let mut mount = Mount::start(&fx.store);
+    let disk = mount.disk("d");
+    create(&disk, "s1");
+    let pid = mount.pid().expect("the mount runs");
+    let open = File::open(disk.join("s1")).expect("open the snapshot");
+    let out = Command::new("umount")
+        .arg("-l")
+        .arg(mount.path())
+        .output()
+        .expect("run umount -l");
+    assert!(out.status.success(), "umount -l: {out:?}");
+    assert!(!is_mounted(mount.path()));
+
+    assert_mount_ending(&fx.store, mount.path(), pid);
+    // The open file still reads the snapshot.
+    let mut bytes = Vec::new();
+    (&open)
+        .read_to_end(&mut bytes)
+        .expect("read the open snapshot");
+    assert_bytes_equal_file(&bytes, &source, "the detached mount's open file");
+
+    drop(open);
+    // The mount's process now ends; the command waits for it and then
+    // opens the store itself.
+    let listed = ok(snapfs(&fx.store).args(["snapshot", "list"]));
+    assert!(listed.contains("s1"), "{listed}");
+    let status = mount.wait_exit(Duration::from_secs(30));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "the mount ended with {status:?}; log:\n{}",
+        mount.log_text()
+    );
+    ok(snapfs(&fx.store).args(["snapshot", "create", "d", "s2"]));
+    ok(snapfs(&fx.store).arg("verify"));
+}
+
+/// A killed mount whose process has not let go of the store yet: its
+/// mount is dead (ENOTCONN) and the store's lock still names it. The test
+/// stands in for the ending process by holding the lock it left behind.
+#[test]
+fn commands_while_a_killed_mount_is_ending_say_so_then_open_the_store() {
+    if !need_fuse("commands_while_a_killed_mount_is_ending_say_so_then_open_the_store") {
+        return;
+    }
+    let fx = Fixture::new();
+    fx.random_disk("d", 2 * MIB, 42);
+    let mut mount = Mount::start(&fx.store);
+    create(&mount.disk("d"), "s1");
+    let pid = mount.pid().expect("the mount runs");
+    mount.kill9();
+    assert!(
+        is_mounted(mount.path()),
+        "the dead mount stays until unmounted"
+    );
+
+    let lock = File::open(fx.store.join("lock")).expect("open the store's lock");
+    let rc = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    assert_eq!(rc, 0, "the killed mount's lock was not released");
+    let holder = fs::read_to_string(fx.store.join("lock")).expect("read the lock");
+    assert!(
+        holder.contains(&format!("pid {pid}\n")),
+        "lock holder: {holder:?}"
+    );
+    assert_mount_ending(&fx.store, mount.path(), pid);
+
+    // Released while the next command waits: that command opens the store.
+    let releaser = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(500));
+        drop(lock);
+    });
+    let listed = ok(snapfs(&fx.store).args(["snapshot", "list"]));
+    releaser.join().expect("releaser");
+    assert!(listed.contains("s1"), "{listed}");
+    // The user's way out of the dead mount.
+    ok(snapfs(&fx.store).arg("umount").arg(mount.path()));
+    assert!(!is_mounted(mount.path()));
 }

@@ -4,7 +4,9 @@
 //! first use). While a mount holds the store, commands go through the mount
 //! instead (`remote`): snapshots through `.create`, exports by reading the
 //! image file, everything else through `/.control`, which runs the same
-//! `execute` inside the mount process.
+//! `execute` inside the mount process. A mount that is going away (detached,
+//! or its process ending) is waited for briefly, then the store is opened
+//! here (`remote::mountpoint_of`).
 
 mod disk;
 mod mount;
@@ -112,7 +114,12 @@ pub fn open_store(dir: &Path, cache_bytes: Option<u64>) -> Result<Arc<Repository
 
 pub fn run(cli: Cli) -> Result<()> {
     let dir = store_dir(cli.store)?;
-    let mounted = remote::mountpoint_of(&dir);
+    // Neither waits for a mount that is ending: mount checks by itself,
+    // umount may be what ends it.
+    let mounted = match &cli.command {
+        Command::Mount(_) | Command::Umount(_) => None,
+        _ => remote::mountpoint_of(&dir)?,
+    };
     match (cli.command, mounted) {
         (Command::Mount(args), _) => mount::mount(&dir, args),
         (Command::Umount(args), _) => mount::umount(&dir, args),

@@ -1,12 +1,14 @@
 //! Running commands through a mount that holds the store: a second open of
 //! the database is never attempted while a mount runs.
 //!
-//! - `snapshot create` writes the name into `DISK/.create` and follows
-//!   `DISK/.status`, exactly as a script would;
+//! - `snapshot create` writes the name into `DISK/.create`, as a script
+//!   would, and follows the disk folder's `user.snapfs.status` xattr (the
+//!   JSON form of `.status`, see `snapfs::fs::status`);
 //! - `export` reads the snapshot's image file (sparse: SEEK_DATA/SEEK_HOLE);
 //! - everything else goes through `/.control`: the client writes its
 //!   arguments as a JSON array, the mount runs them through the same code as
-//!   a local command, and the client reads back a `ControlResponse`.
+//!   a local command, and the client reads back the response (the format
+//!   is `snapfs::control`'s).
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -16,30 +18,79 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use serde::{Deserialize, Serialize};
 
 use super::disk::DiskCommand;
 use super::snapshot::{progress_bar, SnapshotCommand};
 use super::store_cmds::{open_export_output, ExportArgs};
 use super::Command;
 use snapfs::catalog::names::{check_any_snapshot_name, check_disk_name, check_snapshot_name};
+use snapfs::control;
+use snapfs::fs::status::StatusReport;
 use snapfs::snapshot::source::next_data_region;
 use snapfs::store::lock;
 use snapfs::units::format_bytes;
 
-#[derive(Serialize, Deserialize, Debug, Default)]
-pub struct ControlResponse {
-    pub code: i32,
-    pub stdout: String,
-    pub stderr: String,
-}
+/// How long a command waits for a mount that is going away (detached by
+/// `umount -l`, or its process ending) to let go of the store.
+const ENDING_WAIT: Duration = Duration::from_secs(5);
 
-/// The mountpoint of the mount that holds the store at `dir`, if any.
-pub fn mountpoint_of(dir: &Path) -> Option<PathBuf> {
+/// The pid and mountpoint that the lock of the store at `dir` names, if a
+/// live mount process holds it.
+fn mount_holder(dir: &Path) -> Option<(u32, PathBuf)> {
     if !lock::is_locked(dir) {
         return None;
     }
-    lock::read_holder(dir)?.mountpoint
+    let holder = lock::read_holder(dir)?;
+    Some((holder.pid, holder.mountpoint?))
+}
+
+/// Whether the mount at `mnt` is served by process `pid`. The lock outlives
+/// the mount while its process ends: after `umount -l` the path shows the
+/// folder underneath (no xattr), a dead mount answers ENOTCONN.
+fn serves(mnt: &Path, pid: u32) -> bool {
+    match read_xattr(mnt, "user.snapfs.pid") {
+        Ok(value) => {
+            std::str::from_utf8(&value)
+                .ok()
+                .and_then(|v| v.trim().parse::<u32>().ok())
+                == Some(pid)
+        }
+        Err(e) => !matches!(
+            e.raw_os_error(),
+            Some(libc::ENOTCONN)
+                | Some(libc::ECONNABORTED)
+                | Some(libc::ENODATA)
+                | Some(libc::ENOTSUP)
+                | Some(libc::ENOENT)
+                | Some(libc::ENOTDIR)
+        ),
+        // Anything else (EACCES): a mount is there; the command through it
+        // says what is wrong.
+    }
+}
+
+/// The mountpoint of the mount that serves the store at `dir`, if any. A
+/// mount that is going away gets a few seconds to let go of the store
+/// (then the caller opens the store itself); if it still holds the store,
+/// this fails with one line saying so.
+pub fn mountpoint_of(dir: &Path) -> Result<Option<PathBuf>> {
+    let deadline = std::time::Instant::now() + ENDING_WAIT;
+    loop {
+        let Some((pid, mnt)) = mount_holder(dir) else {
+            return Ok(None);
+        };
+        if serves(&mnt, pid) {
+            return Ok(Some(mnt));
+        }
+        if std::time::Instant::now() >= deadline {
+            bail!(
+                "the mount at {} is ending (pid {pid}) and still holds the store; \
+                 try again once it has ended",
+                mnt.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 pub fn run(mnt: &Path, command: Command) -> Result<()> {
@@ -169,7 +220,7 @@ fn control(mnt: &Path, args: Vec<String>) -> Result<()> {
                 format!("cannot reach the mount at {}", mnt.display()),
             )
         })?;
-    file.write_all(&serde_json::to_vec(&args)?)
+    file.write_all(&control::encode_request(&args))
         .map_err(|e| mount_error(mnt, e, format!("writing {}", path.display())))?;
     // The response is read from offset 0 of the same handle.
     let mut response = Vec::new();
@@ -183,8 +234,8 @@ fn control(mnt: &Path, args: Vec<String>) -> Result<()> {
         }
         response.extend_from_slice(&buf[..n]);
     }
-    let response: ControlResponse =
-        serde_json::from_slice(&response).context("the mount sent a malformed response")?;
+    let response =
+        control::Response::decode(&response).context("the mount sent a malformed response")?;
     print!("{}", response.stdout);
     eprint!("{}", response.stderr);
     std::io::stdout().flush()?;
@@ -206,28 +257,61 @@ fn disk_folder(mnt: &Path, disk: &str) -> Result<PathBuf> {
     }
 }
 
+/// The value of xattr `name` of `path`.
+pub fn read_xattr(path: &Path, name: &str) -> std::io::Result<Vec<u8>> {
+    let path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
+    let name = std::ffi::CString::new(name)?;
+    // The value may grow between the size probe and the read: retry.
+    for _ in 0..4 {
+        let len = unsafe { libc::getxattr(path.as_ptr(), name.as_ptr(), std::ptr::null_mut(), 0) };
+        if len < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut value = vec![0u8; len as usize + 1024];
+        let len = unsafe {
+            libc::getxattr(
+                path.as_ptr(),
+                name.as_ptr(),
+                value.as_mut_ptr().cast(),
+                value.len(),
+            )
+        };
+        if len >= 0 {
+            value.truncate(len as usize);
+            return Ok(value);
+        }
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::ERANGE) {
+            return Err(err);
+        }
+    }
+    Err(std::io::Error::from_raw_os_error(libc::ERANGE))
+}
+
+/// The disk folder's `user.snapfs.status`: the declared, machine-readable
+/// form of `.status`.
+fn disk_status(folder: &Path) -> Option<StatusReport> {
+    let value = read_xattr(folder, "user.snapfs.status").ok()?;
+    serde_json::from_slice(&value).ok()
+}
+
 fn create(mnt: &Path, disk: &str, name: &str) -> Result<()> {
     check_snapshot_name(name)?;
     let folder = disk_folder(mnt, disk)?;
-    let status_path = folder.join(".status");
     let done = AtomicBool::new(false);
     let started = std::time::Instant::now();
     let result = std::thread::scope(|scope| {
         if let Some(bar) = progress_bar(true) {
             bar.set_length(100);
-            let (done, status_path) = (&done, &status_path);
+            let (done, folder) = (&done, &folder);
             scope.spawn(move || {
-                let prefix = format!("running: {name} ");
                 while !done.load(Ordering::Relaxed) {
-                    if let Ok(text) = std::fs::read_to_string(status_path) {
-                        let percent = text
-                            .lines()
-                            .find_map(|l| l.strip_prefix(&prefix))
-                            .and_then(|rest| rest.split('%').next())
-                            .and_then(|p| p.trim().parse::<f64>().ok());
-                        if let Some(percent) = percent {
-                            bar.set_position(percent as u64);
-                        }
+                    let percent = disk_status(folder)
+                        .and_then(|s| s.running)
+                        .filter(|r| r.snapshot == name)
+                        .map(|r| r.percent);
+                    if let Some(percent) = percent {
+                        bar.set_position(percent as u64);
                     }
                     std::thread::sleep(Duration::from_millis(200));
                 }
@@ -241,16 +325,12 @@ fn create(mnt: &Path, disk: &str, name: &str) -> Result<()> {
         done.store(true, Ordering::Relaxed);
         result
     });
-    let status = std::fs::read_to_string(&status_path).unwrap_or_default();
-    let about_name = |line: &&str| {
-        line.contains(&format!(" {name}: ")) || line.contains(&format!(" {name:?}: "))
-    };
-    let last_line = status.lines().rev().find(about_name).map(str::to_string);
+    let outcome = disk_status(&folder).and_then(|s| s.last_about(name).cloned());
     match result {
         Ok(()) => {
             let secs = started.elapsed().as_secs_f64();
-            match last_line {
-                Some(line) => println!("{line}"),
+            match outcome {
+                Some(outcome) => println!("{}", outcome.line),
                 None => println!("snapshot {name} of disk {disk} accomplished in {secs:.1} s"),
             }
             Ok(())
@@ -259,9 +339,7 @@ fn create(mnt: &Path, disk: &str, name: &str) -> Result<()> {
             "snapshot {name} of disk {disk} may not have been taken"
         ))),
         Err(e) => {
-            let why = last_line
-                .and_then(|l| l.split_once(": ").map(|(_, why)| why.to_string()))
-                .unwrap_or_else(|| e.to_string());
+            let why = outcome.and_then(|o| o.why).unwrap_or_else(|| e.to_string());
             bail!("snapshot {name} of disk {disk} failed: {why}")
         }
     }

@@ -91,6 +91,8 @@ pub struct SnapshotRow {
     pub added_bytes: u64,
     pub nonzero_bytes: u64,
     pub protected: bool,
+    /// reflink, hook, checked (None: taken before snapfs recorded it).
+    pub method: Option<snapfs::catalog::CaptureMethod>,
 }
 
 impl From<&SnapshotRecord> for SnapshotRow {
@@ -106,6 +108,7 @@ impl From<&SnapshotRecord> for SnapshotRow {
             added_bytes: s.added_bytes,
             nonzero_bytes: s.nonzero_bytes,
             protected: s.protected,
+            method: s.method,
         }
     }
 }
@@ -145,13 +148,17 @@ pub fn run(repo: &Repository, command: SnapshotCommand, out: &mut Output) -> Res
             let secs = started.elapsed().as_secs_f64();
             writeln!(
                 out.out,
-                "snapshot {} of disk {}: {} in {:.1} s ({}/s), {} added to the store",
+                "snapshot {} of disk {}: {} in {:.1} s ({}/s), {} added to the store{}",
                 record.name,
                 record.disk,
                 format_bytes(record.size),
                 secs,
                 format_bytes((record.size as f64 / secs.max(1e-3)) as u64),
-                format_bytes(record.added_bytes)
+                format_bytes(record.added_bytes),
+                record
+                    .method
+                    .map(|m| format!(", method {m}"))
+                    .unwrap_or_default()
             )?;
         }
         SnapshotCommand::List { disk, json } => {

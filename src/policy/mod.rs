@@ -8,6 +8,7 @@
 
 pub mod prune;
 pub mod retention;
+pub mod runner;
 pub mod schedule;
 
 use std::fmt;

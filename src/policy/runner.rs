@@ -1,8 +1,9 @@
 //! The mount's policy runner: takes automatic snapshots when a disk's
 //! policy says so, prunes what the policy no longer keeps, and runs gc in
 //! the background once enough pruned data may be dead. Snapshots it takes
-//! go through `SnapFs::take_snapshot`, like `.create`: one per disk at a
-//! time, progress and outcome in `.status`.
+//! go through the mount's snapshot service (`Snapshots`), like `.create`:
+//! one per disk at a time, progress and outcome in `.status`; the service,
+//! not the runner, decides that a disk is busy.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -12,12 +13,22 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Local, TimeZone};
 
-use super::SnapFs;
+use super::prune::prune;
+use super::schedule::next_due;
+use super::Policy;
 use crate::catalog::names::AUTO_PREFIX;
-use crate::policy::prune::prune;
-use crate::policy::schedule::next_due;
-use crate::policy::Policy;
 use crate::repository::Repository;
+
+/// What the runner needs of the mount: its repository, a way to take an
+/// automatic snapshot, and lines in `.status`.
+pub trait Snapshots: Send + Sync + 'static {
+    fn repo(&self) -> &Arc<Repository>;
+    /// Takes an automatic snapshot; a failure, or a skip because the disk
+    /// is busy, is logged and shown in `.status` by the service.
+    fn take_automatic(&self, disk: &str, name: &str, policy: &Policy);
+    /// A line in the disk's `.status`.
+    fn note(&self, disk: &str, line: &str);
+}
 
 /// How often policies are looked at.
 const TICK: Duration = Duration::from_secs(1);
@@ -25,8 +36,8 @@ const TICK: Duration = Duration::from_secs(1);
 /// that `retain-days` expires snapshots of disks that are not snapshotted).
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
-struct Runner {
-    fs: Arc<SnapFs>,
+struct Runner<S> {
+    fs: Arc<S>,
     stop: Arc<AtomicBool>,
     /// When a run was last started per disk, so a failing one is not
     /// retried every second.
@@ -40,7 +51,7 @@ struct Runner {
 
 /// Starts the policy runner; it ends when `stop` is set, after the
 /// snapshots it started have ended.
-pub fn spawn(fs: Arc<SnapFs>, stop: Arc<AtomicBool>) -> std::io::Result<JoinHandle<()>> {
+pub fn spawn<S: Snapshots>(fs: Arc<S>, stop: Arc<AtomicBool>) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name("snapfs-policies".into())
         .spawn(move || {
@@ -63,7 +74,7 @@ pub fn spawn(fs: Arc<SnapFs>, stop: Arc<AtomicBool>) -> std::io::Result<JoinHand
         })
 }
 
-impl Runner {
+impl<S: Snapshots> Runner<S> {
     fn tick(&mut self) {
         self.threads.retain(|t| !t.is_finished());
         let repo = self.fs.repo().clone();
@@ -88,15 +99,15 @@ impl Runner {
         }
     }
 
-    /// The automatic snapshot (name, rate cap) `disk`'s policy wants now,
-    /// if any and if none of that disk is still running.
+    /// The automatic snapshot (name, policy) `disk`'s policy wants now,
+    /// if any.
     fn due_snapshot(
         &mut self,
         repo: &Repository,
         disk: &str,
         policy: &Policy,
         now: DateTime<Local>,
-    ) -> Option<(String, Option<u64>)> {
+    ) -> Option<(String, Policy)> {
         if !policy.schedules() {
             return None;
         }
@@ -117,40 +128,31 @@ impl Runner {
         }
         self.last_attempt.insert(disk.to_string(), now);
         let name = format!("{AUTO_PREFIX}-{}", now.format("%Y%m%d-%H%M%S"));
-        if repo.running().is_running(disk) {
-            let why = "the previous snapshot of this disk is still running";
-            log::info!("policy of disk {disk}: skipped {name}: {why}");
-            self.fs
-                .status()
-                .note(disk, &format!("skipped {name}: {why}"));
-            return None;
-        }
-        Some((name, policy.max_rate))
+        Some((name, policy.clone()))
     }
 
     /// On a thread of its own: take a snapshot (if given), then prune the
     /// disk, then start gc if enough may be dead.
-    fn spawn_work(&mut self, disk: &str, snapshot: Option<(String, Option<u64>)>) {
+    fn spawn_work(&mut self, disk: &str, snapshot: Option<(String, Policy)>) {
         let fs = self.fs.clone();
         let disk = disk.to_string();
         let dead_estimate = self.dead_estimate.clone();
         let gc_running = self.gc_running.clone();
         let work = move || {
-            if let Some((name, max_rate)) = snapshot {
-                // Failures are logged and shown in .status by take_snapshot.
-                let _ = fs.take_snapshot(&disk, &name, true, max_rate);
+            if let Some((name, policy)) = snapshot {
+                fs.take_automatic(&disk, &name, &policy);
             }
             match prune(fs.repo().catalog(), &disk, false) {
                 Ok(pruned) if !pruned.snapshots.is_empty() => {
                     let line = format!("pruned {}", pruned.snapshots.join(" "));
                     log::info!("policy of disk {disk}: {line}");
-                    fs.status().note(&disk, &line);
+                    fs.note(&disk, &line);
                     dead_estimate.fetch_add(pruned.added_bytes, Ordering::Relaxed);
                 }
                 Ok(_) => {}
                 Err(e) => log::error!("prune of disk {disk} failed: {e}"),
             }
-            maybe_gc(&fs, &dead_estimate, &gc_running);
+            maybe_gc(fs.as_ref(), &dead_estimate, &gc_running);
         };
         match std::thread::Builder::new()
             .name("snapfs-policy-run".into())
@@ -163,7 +165,7 @@ impl Runner {
 }
 
 /// Runs gc once pruned snapshots may have left a tenth of the packs dead.
-fn maybe_gc(fs: &SnapFs, dead_estimate: &AtomicU64, gc_running: &AtomicBool) {
+fn maybe_gc(fs: &impl Snapshots, dead_estimate: &AtomicU64, gc_running: &AtomicBool) {
     let dead = dead_estimate.load(Ordering::Relaxed);
     if dead == 0 {
         return;

@@ -1,0 +1,132 @@
+//! The snapshot service: takes snapshots for `.create` and for policies.
+//! "A snapshot of this disk is running" is decided here, once, by the
+//! repository's running set (`repo.running().start`), which a rollback and
+//! a CLI snapshot through `.control` mark too; the guard it returns is
+//! handed to `create_marked`. Progress and every outcome go to `.status`
+//! and the log.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::status::StatusBoard;
+use super::{FsResult, MountOptions};
+use crate::catalog::SnapshotRecord;
+use crate::policy::Policy;
+use crate::repository::Repository;
+use crate::snapshot::create::create_marked;
+use crate::snapshot::hooks::Hooks;
+use crate::snapshot::{CreateOptions, Progress};
+
+/// Who asks for a snapshot: says how a refusal is reported.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Trigger {
+    /// A name written to `.create`.
+    Create,
+    /// A policy's automatic snapshot (the `auto` prefix is allowed).
+    Policy,
+}
+
+pub struct SnapshotService {
+    repo: Arc<Repository>,
+    status: StatusBoard,
+    options: MountOptions,
+}
+
+impl SnapshotService {
+    pub fn new(repo: Arc<Repository>, options: MountOptions) -> SnapshotService {
+        SnapshotService {
+            repo,
+            status: StatusBoard::default(),
+            options,
+        }
+    }
+
+    pub fn repo(&self) -> &Arc<Repository> {
+        &self.repo
+    }
+
+    pub fn status(&self) -> &StatusBoard {
+        &self.status
+    }
+
+    /// Takes snapshot `name` of `disk`: one per disk at a time (EBUSY),
+    /// progress and outcome in `.status`. `max_rate` and `hooks` (a
+    /// policy's) override the mount's defaults.
+    pub fn take_snapshot(
+        &self,
+        disk: &str,
+        name: &str,
+        trigger: Trigger,
+        max_rate: Option<u64>,
+        hooks: Option<&Hooks>,
+    ) -> FsResult<SnapshotRecord> {
+        // Checked and marked at once: of two writers racing here one is
+        // refused, and the running one keeps its progress line.
+        let running = match self.repo.running().start(disk) {
+            Ok(running) => running,
+            Err(e) => {
+                match trigger {
+                    Trigger::Create => self.refuse(disk, name, &e.to_string()),
+                    Trigger::Policy => {
+                        let why = "the previous snapshot of this disk is still running";
+                        log::info!("policy of disk {disk}: skipped {name}: {why}");
+                        self.status.skipped(disk, name, why);
+                    }
+                }
+                return Err(e.into());
+            }
+        };
+        self.status.start(disk, name);
+        let report = |p: &Progress| self.status.progress(disk, p);
+        let options = CreateOptions {
+            threads: self.options.snapshot_threads,
+            progress: Some(&report),
+            cancel: self.options.cancel.as_deref(),
+            automatic: trigger == Trigger::Policy,
+            max_rate: max_rate.or(self.options.max_rate),
+            hooks: hooks.unwrap_or(&self.options.hooks).clone(),
+            ..CreateOptions::default()
+        };
+        let started = Instant::now();
+        match create_marked(&self.repo, &running, name, &options) {
+            Ok(record) => {
+                let seconds = started.elapsed().as_secs_f64();
+                log::info!("snapshot {name} of disk {disk} accomplished in {seconds:.1} s");
+                self.status.accomplished(disk, &record, seconds);
+                Ok(record)
+            }
+            Err(e) => {
+                log::error!("snapshot {name} of disk {disk} failed: {e}");
+                self.status.failed(disk, name, &e.to_string());
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Reports a name that `.create` did not take, in `.status` and the log.
+    pub fn refuse(&self, disk: &str, name: &str, why: &str) {
+        log::warn!(
+            "refused snapshot {:?} of disk {disk}: {why}",
+            crate::catalog::names::shown(name)
+        );
+        self.status.refused(disk, name, why);
+    }
+}
+
+impl crate::policy::runner::Snapshots for SnapshotService {
+    fn repo(&self) -> &Arc<Repository> {
+        &self.repo
+    }
+
+    fn take_automatic(&self, disk: &str, name: &str, policy: &Policy) {
+        // A policy's own hooks replace the mount's; failures are logged and
+        // shown in `.status` by take_snapshot.
+        let hooks = policy.hooks();
+        let hooks = hooks.any().then_some(&hooks);
+        let _ = self.take_snapshot(disk, name, Trigger::Policy, policy.max_rate, hooks);
+    }
+
+    fn note(&self, disk: &str, line: &str) {
+        self.status.note(disk, line);
+    }
+}
