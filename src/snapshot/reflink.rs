@@ -75,6 +75,11 @@ pub fn remove_leftover(source: &Path, tag: &str) {
     let Some(path) = clone_path(source, tag) else {
         return;
     };
+    // Looked at first: removing a missing file on a read-only filesystem
+    // says EROFS, not ENOENT.
+    if fs::symlink_metadata(&path).is_err() {
+        return;
+    }
     match fs::remove_file(&path) {
         Ok(()) => log::info!("removed the leftover clone {}", path.display()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

@@ -419,26 +419,7 @@ impl Ext4Image {
 
     /// Loop-mounts the image read-write on a fresh temporary folder.
     pub fn mount(&self) -> MountGuard {
-        let dir = tempfile::Builder::new()
-            .prefix("snapfs-ext4-")
-            .tempdir()
-            .expect("mountpoint");
-        let out = Command::new(tool("mount"))
-            .args(["-o", "loop"])
-            .arg(&self.path)
-            .arg(dir.path())
-            .output()
-            .expect("run mount");
-        assert!(
-            out.status.success(),
-            "mount -o loop {} failed: {}",
-            self.path.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        MountGuard {
-            image: self.path.clone(),
-            dir: Some(dir),
-        }
+        MountGuard::loop_mount(&self.path)
     }
 }
 
@@ -450,6 +431,31 @@ pub struct MountGuard {
 }
 
 impl MountGuard {
+    /// Loop-mounts the filesystem image `image` read-write on a fresh
+    /// temporary folder.
+    pub fn loop_mount(image: &Path) -> MountGuard {
+        let dir = tempfile::Builder::new()
+            .prefix("snapfs-loop-")
+            .tempdir()
+            .expect("mountpoint");
+        let out = Command::new(tool("mount"))
+            .args(["-o", "loop"])
+            .arg(image)
+            .arg(dir.path())
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "mount -o loop {} failed: {}",
+            image.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        MountGuard {
+            image: image.to_path_buf(),
+            dir: Some(dir),
+        }
+    }
+
     pub fn path(&self) -> &Path {
         self.dir
             .as_ref()
