@@ -22,6 +22,7 @@
 //! intact, so that the store tells damage (a missing pack: `NotFound`)
 //! from a failing device.
 
+pub mod faulty;
 pub mod local;
 mod space;
 
