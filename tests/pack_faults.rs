@@ -251,6 +251,13 @@ fn no_space_on_an_append_fails_the_snapshot_and_leaves_nothing() {
 }
 
 #[test]
+fn no_space_on_a_new_packs_header_leaves_no_pack() {
+    // The first append of a session is its pack's header.
+    let fx = Fixture::new(10, 4 * MIB, zstd_store());
+    failed_snapshot_leaves_nothing(fx, "d", Op::Append, Fault::NoSpace, When::Nth(1));
+}
+
+#[test]
 fn no_space_in_the_reserve_fails_the_snapshot_and_leaves_nothing() {
     // The free space is looked at every 8 MiB at most: the second look is
     // partway through 24 MiB.

@@ -110,7 +110,12 @@ impl PackWriter {
         let mut header = [0u8; PACK_HEADER_LEN as usize];
         header[..8].copy_from_slice(PACK_MAGIC);
         header[8..12].copy_from_slice(&PACK_VERSION.to_le_bytes());
-        out.append(&header)?;
+        if let Err(e) = out.append(&header) {
+            // No writer means nobody else would clean this pack up.
+            drop(out);
+            let _ = storage.remove(id);
+            return Err(e);
+        }
         Ok(PackWriter {
             id,
             out,
