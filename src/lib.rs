@@ -13,7 +13,9 @@
 //! ```
 //!
 //! - [`store`] owns the store directory: pack files of chunk records, the
-//!   sled index (hash -> pack, offset, length), crash recovery, gc.
+//!   sled index (hash -> pack, offset, length), crash recovery, gc. Pack
+//!   bytes live behind [`store::backend::PackStorage`]: the local folder
+//!   today, a fault-injecting decorator for tests.
 //! - [`snapshot`] owns names, the catalog of disks and snapshots, the chunk
 //!   maps (content-addressed pages, a small Merkle tree) and the create
 //!   pipeline.

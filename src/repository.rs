@@ -5,6 +5,7 @@
 
 use std::collections::HashSet;
 use std::path::Path;
+use std::sync::Arc;
 
 use crate::catalog::Catalog;
 use crate::error::Result;
@@ -12,6 +13,7 @@ use crate::hash::ChunkHash;
 use crate::map::{MapReader, PinnedMaps};
 use crate::snapshot::reflink;
 use crate::snapshot::running::RunningDisks;
+use crate::store::backend::PackStorage;
 use crate::store::gc::{self, GcReport, Roots};
 use crate::store::{OpenOptions, Store, StoreConfig};
 
@@ -30,6 +32,16 @@ impl Repository {
 
     pub fn open(root: &Path, options: &OpenOptions) -> Result<Repository> {
         Repository::with_store(Store::open(root, options)?)
+    }
+
+    /// `open`, with the store's pack storage passed through `wrap` (tests
+    /// wrap it in a `store::backend::faulty::FaultyPacks`).
+    pub fn open_with(
+        root: &Path,
+        options: &OpenOptions,
+        wrap: impl FnOnce(Arc<dyn PackStorage>) -> Arc<dyn PackStorage>,
+    ) -> Result<Repository> {
+        Repository::with_store(Store::open_with(root, options, wrap)?)
     }
 
     fn with_store(store: Store) -> Result<Repository> {

@@ -2,7 +2,7 @@
 
 use std::fs;
 
-use crate::error::{Error, IoContext, Result};
+use crate::error::Result;
 use crate::repository::Repository;
 use crate::store::pack::Location;
 
@@ -18,7 +18,7 @@ pub struct Stats {
     pub unique_bytes: u64,
     /// Bytes the index's chunk records take in packs (compressed, headers).
     pub record_bytes: u64,
-    /// Bytes of pack files on disk.
+    /// Bytes of all packs.
     pub stored_bytes: u64,
     /// Bytes of the sled database on disk.
     pub db_bytes: u64,
@@ -48,17 +48,9 @@ pub fn stats(repo: &Repository) -> Result<Stats> {
         stats.unique_bytes += location.raw_len as u64;
         stats.record_bytes += location.record_len();
     }
-    let packs_dir = store.packs_dir();
-    for entry in fs::read_dir(packs_dir).context(|| format!("listing {}", packs_dir.display()))? {
-        let entry = entry.context(|| format!("listing {}", packs_dir.display()))?;
+    for pack in store.stored_packs()? {
         stats.packs += 1;
-        stats.stored_bytes += entry
-            .metadata()
-            .map_err(|e| Error::Io {
-                context: format!("reading {}", entry.path().display()),
-                source: e,
-            })?
-            .len();
+        stats.stored_bytes += pack.len;
     }
     stats.db_bytes = dir_size(&store.root().join("db"));
     stats.dedup_ratio = ratio(stats.nonzero_bytes, stats.unique_bytes);

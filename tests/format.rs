@@ -7,7 +7,8 @@ use std::path::Path;
 
 use snapfs::hash::ChunkHash;
 use snapfs::map::encode_page;
-use snapfs::store::pack::{pack_path, Codec, Location, PackWriter};
+use snapfs::store::backend::local::LocalPacks;
+use snapfs::store::pack::{Codec, Location, PackWriter};
 
 fn check_golden(name: &str, bytes: &[u8]) {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -27,14 +28,16 @@ fn check_golden(name: &str, bytes: &[u8]) {
 #[test]
 fn pack_file_layout_is_frozen() {
     let dir = tempfile::tempdir().unwrap();
-    let mut writer = PackWriter::create(dir.path(), 0x2a).unwrap();
+    let packs = LocalPacks::in_store(dir.path()).unwrap();
+    let mut writer = PackWriter::create(&packs, 0x2a).unwrap();
     let plain = b"snapfs golden chunk".repeat(4);
     let hash = ChunkHash::of(&plain);
     let location = writer
         .append(&hash, plain.len() as u32, Codec::None, &plain)
         .unwrap();
     writer.sync().unwrap();
-    let bytes = std::fs::read(pack_path(dir.path(), 0x2a)).unwrap();
+    writer.seal().unwrap();
+    let bytes = std::fs::read(packs.pack_path(0x2a)).unwrap();
 
     // The documented layout, field by field.
     assert_eq!(&bytes[..8], b"SNAPFSPK");

@@ -16,10 +16,9 @@
 //!    commits: moved chunks point to their new packs, dead entries and
 //!    retired packs are gone. A session checking a hash after this commit
 //!    finds it absent and stores it anew.
-//! 5. It removes the retired pack files.
+//! 5. It removes the retired packs.
 
 use std::collections::{HashMap, HashSet};
-use std::fs;
 
 use super::pack::{self, Location, PACK_HEADER_LEN};
 use super::{Ingest, Store};
@@ -202,10 +201,8 @@ fn sweep(
 
     // Step 5.
     for pack in retired {
-        store.forget_pack_file(pack.id);
-        let path = pack::pack_path(store.packs_dir(), pack.id);
-        if let Err(e) = fs::remove_file(&path) {
-            log::warn!("cannot remove {}: {e}", path.display());
+        if let Err(e) = store.remove_pack(pack.id) {
+            log::warn!("cannot remove a retired pack: {e}");
         }
     }
     Ok(report)
@@ -220,18 +217,13 @@ fn move_chunks(
     id: u64,
     chunks: &[(ChunkHash, Location)],
 ) -> bool {
-    let file = match store.pack_file(id) {
-        Ok(file) => file,
-        Err(e) => {
-            log::warn!("gc keeps pack {id:016x}: {e}");
-            return false;
-        }
-    };
     for (hash, location) in chunks {
-        let moved = pack::read_record(&file, hash, location).and_then(|plain| {
-            let (codec, stored) = pack::encode_chunk(&plain, store.config().zstd());
-            ingest.append(hash, plain.len() as u32, codec, &stored)
-        });
+        let moved = store
+            .read_record_at(hash, location, Vec::new())
+            .and_then(|plain| {
+                let (codec, stored) = pack::encode_chunk(&plain, store.config().zstd());
+                ingest.append(hash, plain.len() as u32, codec, &stored)
+            });
         if let Err(e) = moved {
             log::warn!("gc keeps pack {id:016x}: {e}");
             return false;

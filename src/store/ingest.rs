@@ -3,7 +3,6 @@
 //! that makes them reachable.
 
 use std::collections::HashMap;
-use std::fs;
 
 use sled::transaction::{
     ConflictableTransactionError, ConflictableTransactionResult, TransactionError,
@@ -13,7 +12,7 @@ use sled::Transactional;
 
 use super::gc::{self, Roots};
 use super::pack::{self, Codec, Location, PackWriter, PACK_TARGET_SIZE};
-use super::{space, Store};
+use super::Store;
 use crate::error::{Error, Result};
 use crate::hash::ChunkHash;
 
@@ -35,7 +34,8 @@ pub type CatalogChange<'a> = dyn Fn(&CommitTrees) -> ConflictableTransactionResu
 pub struct Ingest<'s> {
     store: &'s Store,
     writer: Option<PackWriter>,
-    /// Synced but not yet committed: (pack id, length).
+    /// Finished (synced and sealed, or failed at it) but not yet
+    /// committed: (pack id, length).
     synced_packs: Vec<(u64, u64)>,
     /// Written but not yet committed index entries.
     pending: Vec<(ChunkHash, Location)>,
@@ -157,13 +157,13 @@ impl<'s> Ingest<'s> {
         // look, since other writers share the filesystem).
         let need = pack::PACK_HEADER_LEN + pack::RECORD_HEADER_LEN as u64 + stored.len() as u64;
         if self.unchecked_room < need {
-            let room = space::check_room(self.store.packs_dir(), need)?;
+            let room = self.store.storage().check_room(need)?;
             self.unchecked_room = need + (room / 2).min(SPACE_CHECK_EVERY);
         }
         self.unchecked_room -= need;
         if self.writer.is_none() {
             let id = self.store.new_pack_id()?;
-            self.writer = Some(PackWriter::create(self.store.packs_dir(), id)?);
+            self.writer = Some(PackWriter::create(self.store.storage(), id)?);
         }
         let Some(writer) = self.writer.as_mut() else {
             return Err(Error::Invalid("no pack writer".into()));
@@ -183,8 +183,11 @@ impl<'s> Ingest<'s> {
 
     fn seal_pack(&mut self) -> Result<()> {
         if let Some(mut writer) = self.writer.take() {
+            let (id, len) = (writer.id(), writer.len());
+            // Until sealed, the pack is still this session's to clean up.
+            self.synced_packs.push((id, len));
             writer.sync()?;
-            self.synced_packs.push((writer.id(), writer.len()));
+            writer.seal()?;
         }
         Ok(())
     }
@@ -273,19 +276,14 @@ impl Drop for Ingest<'_> {
         if let Some(writer) = self.writer.take() {
             uncommitted.push(writer.id());
         }
+        // Best effort: what stays is cut off at the next open.
+        let storage = self.store.storage();
         for id in uncommitted {
-            let path = pack::pack_path(self.store.packs_dir(), id);
-            match self.store.committed_pack_len(id) {
-                Ok(None) => {
-                    let _ = fs::remove_file(&path);
-                }
-                Ok(Some(len)) => {
-                    if let Ok(file) = fs::OpenOptions::new().write(true).open(&path) {
-                        let _ = file.set_len(len);
-                    }
-                }
-                Err(_) => {}
-            }
+            let _ = match self.store.committed_pack_len(id) {
+                Ok(None) => storage.remove(id),
+                Ok(Some(len)) => storage.truncate(id, len),
+                Err(e) => Err(e),
+            };
         }
         // gc's own session is unregistered: its early packs hold chunks it
         // moved, which are live.

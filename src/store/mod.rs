@@ -1,5 +1,5 @@
-//! The chunk store: pack files of chunk records and the sled index that
-//! finds them. It knows chunks only: disks, snapshots and maps belong to the
+//! The chunk store: packs of chunk records and the sled index that finds
+//! them. It knows chunks only: disks, snapshots and maps belong to the
 //! layers above, which open their own sled trees through [`Store::open_tree`]
 //! and commit them with new chunks through [`Ingest::commit`]. It owns the
 //! store directory:
@@ -8,33 +8,39 @@
 //! STORE/FORMAT        "snapfs store format 1": checked before sled opens
 //! STORE/lock          flock; names the holding pid (and mountpoint)
 //! STORE/db/           sled: meta, index, packs, damaged (and the catalog's trees)
-//! STORE/packs/*.pack  append-only chunk records (see pack.rs)
+//! STORE/packs/*.pack  append-only chunk records (see pack.rs, backend/local.rs)
 //! ```
 //!
-//! Durability order: pack bytes are fsynced, then the index entries, the
-//! packs' committed lengths and the catalog change commit in one sled
-//! transaction, then sled is flushed. At open, bytes past a pack's committed
-//! length and packs with no committed length are removed.
+//! Pack bytes go through a [`backend::PackStorage`] only: pack.rs says what
+//! the bytes mean (records, header, verification), the backend where they
+//! live. Nothing else in the crate touches a pack.
+//!
+//! Durability order: pack bytes are fsynced (and sealed), then the index
+//! entries, the packs' committed lengths and the catalog change commit in
+//! one sled transaction, then sled is flushed. At open, bytes past a pack's
+//! committed length and packs with no committed length are removed.
 
+pub mod backend;
 mod damaged;
 pub mod gc;
 mod ingest;
 pub mod lock;
 pub mod pack;
-mod space;
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::num::NonZeroUsize;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use lru::LruCache;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, IoContext, Result};
 use crate::hash::ChunkHash;
+use backend::local::{self, LocalPacks};
+use backend::{PackInfo, PackStorage};
 pub use ingest::{abort as ingest_abort, CommitTrees, Ingest};
 use lock::StoreLock;
 use pack::Location;
@@ -143,7 +149,12 @@ impl Default for OpenOptions {
 
 pub struct Store {
     root: PathBuf,
+    /// Only for fs/scheduler.rs until it asks `stored_bytes()`.
     packs_dir: PathBuf,
+    /// Where pack bytes live.
+    storage: Arc<dyn PackStorage>,
+    /// Packs whose header was found good (checked once, on first read).
+    checked_packs: RwLock<HashSet<u64>>,
     config: StoreConfig,
     db: sled::Db,
     meta: sled::Tree,
@@ -151,7 +162,6 @@ pub struct Store {
     pub(crate) packs: sled::Tree,
     /// Chunks whose stored copy is known bad (see damaged.rs).
     pub(crate) damaged: damaged::DamagedChunks,
-    pack_files: Mutex<HashMap<u64, Arc<File>>>,
     cache: Mutex<LruCache<ChunkHash, Arc<Vec<u8>>>>,
     /// Buffers of chunks evicted from the cache, reused for the next reads.
     spare_buffers: Mutex<Vec<Vec<u8>>>,
@@ -194,6 +204,16 @@ impl Store {
     }
 
     pub fn open(root: &Path, options: &OpenOptions) -> Result<Store> {
+        Store::open_with(root, options, |packs| packs)
+    }
+
+    /// `open`, with the pack storage passed through `wrap` first (tests
+    /// wrap it in a [`backend::faulty::FaultyPacks`]).
+    pub fn open_with(
+        root: &Path,
+        options: &OpenOptions,
+        wrap: impl FnOnce(Arc<dyn PackStorage>) -> Arc<dyn PackStorage>,
+    ) -> Result<Store> {
         let format_path = root.join(FORMAT_FILE);
         if !format_path.exists() && options.create.is_none() {
             return Err(Error::NotAStore {
@@ -222,9 +242,9 @@ impl Store {
         if !fresh {
             check_format_file(root)?;
         }
-        let packs_dir = root.join("packs");
-        crate::modes::create_private_dir(&packs_dir)
-            .context(|| format!("creating {}", packs_dir.display()))?;
+        let local = LocalPacks::in_store(root)?;
+        let packs_dir = local.dir().to_path_buf();
+        let storage = wrap(Arc::new(local));
         // sled would make its folder with the umask's mode.
         let db_dir = root.join("db");
         crate::modes::create_private_dir(&db_dir)
@@ -257,13 +277,14 @@ impl Store {
         let store = Store {
             root: root.to_path_buf(),
             packs_dir,
+            storage,
+            checked_packs: RwLock::new(HashSet::new()),
             config,
             index: db.open_tree("index")?,
             packs: db.open_tree("packs")?,
             damaged: damaged::DamagedChunks::load(db.open_tree("damaged")?)?,
             meta,
             db,
-            pack_files: Mutex::new(HashMap::new()),
             cache: Mutex::new(LruCache::new(cache_entries(options.cache_bytes, config))),
             spare_buffers: Mutex::new(Vec::new()),
             gc_coord: Mutex::new(GcCoordination::default()),
@@ -359,46 +380,27 @@ impl Store {
     /// Cuts off pack bytes that no commit covers and removes packs that no
     /// commit ever named: the leftovers of a crash.
     fn recover_packs(&self) -> Result<()> {
-        let entries = fs::read_dir(&self.packs_dir)
-            .context(|| format!("listing {}", self.packs_dir.display()))?;
-        for entry in entries {
-            let entry = entry.context(|| format!("listing {}", self.packs_dir.display()))?;
-            let name = entry.file_name();
-            let Some(id) = name.to_str().and_then(pack::pack_id_from_name) else {
-                continue;
-            };
-            let path = entry.path();
+        for PackInfo { id, len } in self.storage.list()? {
+            let name = || self.storage.pack_name(id);
             match self.committed_pack_len(id)? {
                 None => {
-                    log::info!("removing uncommitted pack {}", path.display());
-                    fs::remove_file(&path).context(|| format!("removing {}", path.display()))?;
+                    log::info!("removing uncommitted pack {}", name());
+                    self.storage.remove(id)?;
                 }
-                Some(committed) => {
-                    let actual = entry
-                        .metadata()
-                        .context(|| format!("reading {}", path.display()))?
-                        .len();
-                    if actual > committed {
-                        log::info!(
-                            "cutting {} uncommitted bytes off {}",
-                            actual - committed,
-                            path.display()
-                        );
-                        let file = fs::OpenOptions::new()
-                            .write(true)
-                            .open(&path)
-                            .context(|| format!("opening {}", path.display()))?;
-                        file.set_len(committed)
-                            .and_then(|_| file.sync_all())
-                            .context(|| format!("truncating {}", path.display()))?;
-                    } else if actual < committed {
-                        log::warn!(
-                            "pack {} is {} bytes shorter than committed; run snapfs verify",
-                            path.display(),
-                            committed - actual
-                        );
-                    }
+                Some(committed) if len > committed => {
+                    log::info!(
+                        "cutting {} uncommitted bytes off {}",
+                        len - committed,
+                        name()
+                    );
+                    self.storage.truncate(id, committed)?;
                 }
+                Some(committed) if len < committed => log::warn!(
+                    "pack {} is {} bytes shorter than committed; run snapfs verify",
+                    name(),
+                    committed - len
+                ),
+                Some(_) => {}
             }
         }
         Ok(())
@@ -472,14 +474,40 @@ impl Store {
 
     fn read_record_into(&self, hash: &ChunkHash, buffer: Vec<u8>) -> Result<Vec<u8>> {
         let location = self.locate(hash)?.ok_or(Error::MissingChunk(*hash))?;
-        match self.pack_file(location.pack) {
-            Ok(file) => pack::read_record_into(&file, hash, &location, buffer),
-            // gc may have moved the chunk between our lookup and the open.
-            Err(_) => {
-                let location = self.locate(hash)?.ok_or(Error::MissingChunk(*hash))?;
-                pack::read_record(&*self.pack_file(location.pack)?, hash, &location)
-            }
+        match self.read_record_at(hash, &location, buffer) {
+            // gc may have moved the chunk and removed its pack between our
+            // lookup and the read: then the index names another place.
+            Err(e) if !matches!(e, Error::Corrupt { .. }) => match self.locate(hash)? {
+                Some(moved) if moved != location => self.read_record_at(hash, &moved, Vec::new()),
+                _ => Err(e),
+            },
+            other => other,
         }
+    }
+
+    /// The record at `location`, verified; no damage marks (gc reads its
+    /// live chunks this way).
+    pub(crate) fn read_record_at(
+        &self,
+        hash: &ChunkHash,
+        location: &Location,
+        buffer: Vec<u8>,
+    ) -> Result<Vec<u8>> {
+        self.check_pack_header(location.pack)?;
+        pack::read_record_into(&*self.storage, hash, location, buffer)
+    }
+
+    fn check_pack_header(&self, id: u64) -> Result<()> {
+        let checked = || self.checked_packs.read().unwrap_or_else(|e| e.into_inner());
+        if checked().contains(&id) {
+            return Ok(());
+        }
+        pack::check_pack_header(&*self.storage, id)?;
+        self.checked_packs
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id);
+        Ok(())
     }
 
     fn cache_lock(&self) -> std::sync::MutexGuard<'_, LruCache<ChunkHash, Arc<Vec<u8>>>> {
@@ -487,25 +515,34 @@ impl Store {
         self.cache.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub(crate) fn pack_file(&self, id: u64) -> Result<Arc<File>> {
-        let mut files = self.pack_files.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(file) = files.get(&id) {
-            return Ok(file.clone());
-        }
-        let path = pack::pack_path(&self.packs_dir, id);
-        let file = File::open(&path).context(|| format!("opening pack {}", path.display()))?;
-        pack::check_pack_header(&file, id)?;
-        let file = Arc::new(file);
-        files.insert(id, file.clone());
-        Ok(file)
+    /// Where pack bytes live (for ingest, gc and recovery).
+    pub(crate) fn storage(&self) -> &dyn PackStorage {
+        &*self.storage
     }
 
-    /// Forgets an open pack file (after gc removed it).
-    pub(crate) fn forget_pack_file(&self, id: u64) {
-        self.pack_files
-            .lock()
+    /// Removes a pack that no index entry names any more.
+    pub(crate) fn remove_pack(&self, id: u64) -> Result<()> {
+        self.checked_packs
+            .write()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&id);
+        self.storage.remove(id)
+    }
+
+    /// Every pack with its length.
+    pub fn stored_packs(&self) -> Result<Vec<PackInfo>> {
+        self.storage.list()
+    }
+
+    /// Bytes of all packs together.
+    pub fn stored_bytes(&self) -> Result<u64> {
+        self.storage.stored_bytes()
+    }
+
+    /// True once a read found the stored copy of `hash` damaged, until a
+    /// fresh copy is committed (see damaged.rs).
+    pub fn is_damaged(&self, hash: &ChunkHash) -> bool {
+        self.damaged.is_marked(hash)
     }
 
     /// Drops every cached chunk (used after a verify or gc pass).
@@ -545,7 +582,7 @@ fn is_empty_or_half_made_store(root: &Path) -> Result<bool> {
         let name = entry.file_name();
         if !matches!(
             name.to_str(),
-            Some("lock" | "db" | "packs" | "FORMAT.tmp" | "snapfs.log")
+            Some("lock" | "db" | local::FOLDER | "FORMAT.tmp" | "snapfs.log")
         ) {
             return Ok(false);
         }

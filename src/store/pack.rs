@@ -15,15 +15,13 @@
 //!
 //! A pack never changes once written up to its committed length (kept in the
 //! index); bytes past it are the tail of an interrupted write and are cut off
-//! when the store opens.
+//! when the store opens. Where pack bytes live is the backend's business
+//! (store/backend/): this file owns what they mean.
 
 use std::cell::RefCell;
-use std::fs::{File, OpenOptions};
-use std::io::{BufWriter, Write};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
 
-use crate::error::{Error, IoContext, Result};
+use super::backend::{PackAppender, PackStorage};
+use crate::error::{Error, Result};
 use crate::hash::ChunkHash;
 
 pub const PACK_MAGIC: &[u8; 8] = b"SNAPFSPK";
@@ -98,45 +96,28 @@ impl Location {
     }
 }
 
-pub fn pack_path(dir: &Path, id: u64) -> PathBuf {
-    dir.join(format!("{id:016x}.pack"))
-}
-
-/// Parses a pack file name back into its id.
-pub fn pack_id_from_name(name: &str) -> Option<u64> {
-    let hex = name.strip_suffix(".pack")?;
-    if hex.len() != 16 {
-        return None;
-    }
-    u64::from_str_radix(hex, 16).ok()
-}
-
-/// Appends records to one new pack file.
+/// Appends records to one new pack.
 pub struct PackWriter {
     id: u64,
-    path: PathBuf,
-    out: BufWriter<File>,
+    out: Box<dyn PackAppender>,
     len: u64,
 }
 
 impl PackWriter {
-    pub fn create(dir: &Path, id: u64) -> Result<PackWriter> {
-        let path = pack_path(dir, id);
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-            .context(|| format!("creating pack {}", path.display()))?;
-        let mut out = BufWriter::with_capacity(1 << 20, file);
+    /// Starts pack `id` in `storage` with its header.
+    pub fn create(storage: &dyn PackStorage, id: u64) -> Result<PackWriter> {
+        let mut out = storage.create(id)?;
         let mut header = [0u8; PACK_HEADER_LEN as usize];
         header[..8].copy_from_slice(PACK_MAGIC);
         header[8..12].copy_from_slice(&PACK_VERSION.to_le_bytes());
-        out.write_all(&header)
-            .context(|| format!("writing pack {}", path.display()))?;
+        if let Err(e) = out.append(&header) {
+            // No writer means nobody else would clean this pack up.
+            drop(out);
+            let _ = storage.remove(id);
+            return Err(e);
+        }
         Ok(PackWriter {
             id,
-            path,
             out,
             len: PACK_HEADER_LEN,
         })
@@ -168,27 +149,20 @@ impl PackWriter {
             raw_len,
             codec,
         };
-        let header = record_header(hash, &location);
-        let path = &self.path;
-        self.out
-            .write_all(&header)
-            .and_then(|_| self.out.write_all(stored))
-            .context(|| format!("writing pack {}", path.display()))?;
+        self.out.append(&record_header(hash, &location))?;
+        self.out.append(stored)?;
         self.len += location.record_len();
         Ok(location)
     }
 
     /// Makes everything appended so far durable.
     pub fn sync(&mut self) -> Result<()> {
-        let path = &self.path;
-        // The pack's directory entry too: a new pack whose name a power
-        // cut loses would leave the index pointing at nothing.
-        let dir = path.parent().unwrap_or(Path::new("."));
-        self.out
-            .flush()
-            .and_then(|_| self.out.get_ref().sync_data())
-            .and_then(|_| File::open(dir)?.sync_all())
-            .context(|| format!("syncing pack {}", path.display()))
+        self.out.sync()
+    }
+
+    /// Ends the pack after `sync` (a remote backend uploads it here).
+    pub fn seal(self) -> Result<()> {
+        self.out.seal()
     }
 }
 
@@ -203,14 +177,19 @@ fn record_header(hash: &ChunkHash, location: &Location) -> [u8; RECORD_HEADER_LE
 }
 
 /// Reads one record and returns its plain bytes, verified against `hash`.
-pub fn read_record(file: &File, hash: &ChunkHash, location: &Location) -> Result<Vec<u8>> {
-    read_record_into(file, hash, location, Vec::new())
+/// The pack's header is the caller's to check (once per pack).
+pub fn read_record(
+    storage: &dyn PackStorage,
+    hash: &ChunkHash,
+    location: &Location,
+) -> Result<Vec<u8>> {
+    read_record_into(storage, hash, location, Vec::new())
 }
 
 /// `read_record`, decompressing into `out` (a recycled buffer: reusing one
 /// spares the page faults of a fresh mapping per chunk).
 pub fn read_record_into(
-    file: &File,
+    storage: &dyn PackStorage,
     hash: &ChunkHash,
     location: &Location,
     mut out: Vec<u8>,
@@ -230,15 +209,13 @@ pub fn read_record_into(
         )));
     }
     let mut record = vec![0u8; location.record_len() as usize];
-    file.read_exact_at(&mut record, location.offset)
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::UnexpectedEof => {
+    storage
+        .read_exact_at(location.pack, location.offset, &mut record)
+        .map_err(|e| match e {
+            Error::Io { source, .. } if source.kind() == std::io::ErrorKind::UnexpectedEof => {
                 corrupt("pack is shorter than the index says".into())
             }
-            _ => Error::Io {
-                context: format!("reading pack {:016x}", location.pack),
-                source: e,
-            },
+            other => other,
         })?;
     if record[..RECORD_HEADER_LEN] != record_header(hash, location) {
         return Err(corrupt("record header does not match the index".into()));
@@ -273,11 +250,20 @@ pub fn read_record_into(
     Ok(plain)
 }
 
-/// Checks the header of a pack file opened for reading.
-pub fn check_pack_header(file: &File, id: u64) -> Result<()> {
+/// Checks the header of pack `id`.
+pub fn check_pack_header(storage: &dyn PackStorage, id: u64) -> Result<()> {
     let mut header = [0u8; PACK_HEADER_LEN as usize];
-    file.read_exact_at(&mut header, 0)
-        .context(|| format!("reading header of pack {id:016x}"))?;
+    storage
+        .read_exact_at(id, 0, &mut header)
+        .map_err(|e| match e {
+            Error::Io { source, .. } if source.kind() == std::io::ErrorKind::UnexpectedEof => {
+                Error::Io {
+                    context: format!("reading header of pack {id:016x}"),
+                    source,
+                }
+            }
+            other => other,
+        })?;
     if &header[..8] != PACK_MAGIC {
         return Err(Error::BadMetadata(format!(
             "pack {id:016x} has no pack header"
@@ -354,6 +340,7 @@ pub fn encode_chunk(plain: &[u8], level: Option<i32>) -> (Codec, Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::backend::local::LocalPacks;
 
     #[test]
     fn location_round_trip() {
@@ -371,7 +358,8 @@ mod tests {
     #[test]
     fn record_round_trip_and_flip_detected() {
         let dir = tempfile::tempdir().unwrap();
-        let mut writer = PackWriter::create(dir.path(), 1).unwrap();
+        let packs = LocalPacks::in_store(dir.path()).unwrap();
+        let mut writer = PackWriter::create(&packs, 1).unwrap();
         let data = vec![7u8; 100_000];
         let hash = ChunkHash::of(&data);
         let (codec, stored) = encode_chunk(&data, Some(3));
@@ -380,18 +368,17 @@ mod tests {
             .append(&hash, data.len() as u32, codec, &stored)
             .unwrap();
         writer.sync().unwrap();
-        let path = pack_path(dir.path(), 1);
-        let file = File::open(&path).unwrap();
-        check_pack_header(&file, 1).unwrap();
-        assert_eq!(read_record(&file, &hash, &loc).unwrap(), data);
+        writer.seal().unwrap();
+        check_pack_header(&packs, 1).unwrap();
+        assert_eq!(read_record(&packs, &hash, &loc).unwrap(), data);
 
+        let path = packs.pack_path(1);
         let mut bytes = std::fs::read(&path).unwrap();
         let last = bytes.len() - 3;
         bytes[last] ^= 0x40;
         std::fs::write(&path, &bytes).unwrap();
-        let file = File::open(&path).unwrap();
         assert!(matches!(
-            read_record(&file, &hash, &loc),
+            read_record(&packs, &hash, &loc),
             Err(Error::Corrupt { .. })
         ));
     }

@@ -1,9 +1,9 @@
-//! Room for the database on the store's filesystem. Packs stop growing
-//! while a reserve is still free, so that a store filling up fails the
-//! snapshot with ENOSPC from a pack write, which cleans up, and never from
-//! sled: sled turns a failed write of its log into an error that stays for
-//! the rest of the process, which would leave a running mount unable to
-//! commit anything until it restarts.
+//! Room for the database on the store's filesystem (a local backend's
+//! `check_room`). Packs stop growing while a reserve is still free, so
+//! that a store filling up fails the snapshot with ENOSPC from a pack
+//! write, which cleans up, and never from sled: sled turns a failed write
+//! of its log into an error that stays for the rest of the process, which
+//! would leave a running mount unable to commit anything until it restarts.
 
 use std::ffi::CString;
 use std::io;
@@ -19,7 +19,7 @@ fn reserve_bytes(fs_bytes: u64) -> u64 {
 /// Fails with ENOSPC when writing `bytes` more into `dir` would eat into
 /// the reserve; otherwise returns the room left above the reserve after
 /// them. A filesystem that cannot be asked is not refused.
-pub fn check_room(dir: &Path, bytes: u64) -> Result<u64> {
+pub(super) fn check_room(dir: &Path, bytes: u64) -> Result<u64> {
     let Ok(path) = CString::new(dir.as_os_str().as_encoded_bytes()) else {
         return Ok(u64::MAX);
     };
