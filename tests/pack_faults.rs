@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use common::{write_random_file, Rng};
 use snapfs::catalog::SnapshotRecord;
+use snapfs::fs::ToErrno;
 use snapfs::image::{export, ExportTarget, ImageReader};
 use snapfs::snapshot::{create_snapshot, CreateOptions};
 use snapfs::store::backend::faulty::{Fault, Faults, FaultyPacks, Op, When};

@@ -87,7 +87,11 @@ impl Fixture {
     }
 
     fn listed(&self) -> Vec<String> {
-        common::snapshot_names(&self.store, "d")
+        let out = ok(snapfs(&self.store).args(["snapshot", "list", "d", "--json"]));
+        let rows: Vec<serde_json::Value> = serde_json::from_str(&out).expect("list JSON");
+        rows.iter()
+            .map(|row| row["name"].as_str().unwrap_or_default().to_string())
+            .collect()
     }
 
     fn export(&self, name: &str) -> Vec<u8> {

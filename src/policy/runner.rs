@@ -170,7 +170,7 @@ fn maybe_gc(fs: &impl Snapshots, dead_estimate: &AtomicU64, gc_running: &AtomicB
     if dead == 0 {
         return;
     }
-    let packs = crate::stats::dir_size(fs.repo().store().packs_dir());
+    let packs = fs.repo().store().stored_bytes().unwrap_or(u64::MAX);
     if dead * 10 < packs || gc_running.swap(true, Ordering::SeqCst) {
         return;
     }

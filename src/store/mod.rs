@@ -150,7 +150,6 @@ impl Default for OpenOptions {
 pub struct Store {
     root: PathBuf,
     /// Only for fs/scheduler.rs until it asks `stored_bytes()`.
-    packs_dir: PathBuf,
     /// Where pack bytes live.
     storage: Arc<dyn PackStorage>,
     /// Packs whose header was found good (checked once, on first read).
@@ -243,7 +242,6 @@ impl Store {
             check_format_file(root)?;
         }
         let local = LocalPacks::in_store(root)?;
-        let packs_dir = local.dir().to_path_buf();
         let storage = wrap(Arc::new(local));
         // sled would make its folder with the umask's mode.
         let db_dir = root.join("db");
@@ -276,7 +274,6 @@ impl Store {
         }
         let store = Store {
             root: root.to_path_buf(),
-            packs_dir,
             storage,
             checked_packs: RwLock::new(HashSet::new()),
             config,
@@ -329,10 +326,6 @@ impl Store {
 
     pub fn chunk_size(&self) -> u64 {
         self.config.chunk_size as u64
-    }
-
-    pub(crate) fn packs_dir(&self) -> &Path {
-        &self.packs_dir
     }
 
     /// A sled tree of the layers above (the catalog's), in the same

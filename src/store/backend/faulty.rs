@@ -281,7 +281,11 @@ mod tests {
     }
 
     fn errno(result: Result<()>) -> Option<i32> {
-        result.err().map(|e| e.errno())
+        match result {
+            Err(crate::error::Error::Io { source, .. }) => source.raw_os_error(),
+            Err(other) => panic!("not an I/O error: {other}"),
+            Ok(()) => None,
+        }
     }
 
     #[test]
