@@ -14,6 +14,7 @@ pub mod faults;
 pub mod hostile;
 pub mod kill;
 pub mod mount;
+pub mod vm;
 
 use std::fs::{self, File};
 use std::io::{Read, Write};
