@@ -3,33 +3,33 @@
 //!
 //! # Architecture
 //!
-//! Data flows one way on each path; each module has one job.
+//! Data flows one way on each path; each module has one job, and the arrows
+//! between modules point down only (nothing below `catalog` knows disks or
+//! snapshots; nothing below `fs` knows FUSE).
 //!
 //! ```text
-//! create: source -> chunker/hasher/compressor (snapshot::create) -> store (packs + index)
-//!         -> snapshot map pages (snapshot::map) -> catalog commit (snapshot::catalog)
-//! read:   image::ImageReader::read_at -> map lookup -> store.get (cache, pack read, verify)
-//! rollback: target chunks -> hash -> compare with the map -> store.read_verified -> target
+//! create:   ChunkSource (snapshot::source) -> pipeline (snapshot::pipeline: reader,
+//!           workers, in-order collector) -> Ingest (store: packs + index)
+//!           -> MapBuilder (map, on a parent's map) -> Catalog::commit_snapshot
+//! read:     ImageReader::read_at (image) -> MapReader (map) -> Store::get
+//!           (chunk cache, PackStorage ranged read, decompress, verify)
+//! rollback: the target as a ChunkSource -> the same pipeline -> compare with the
+//!           map -> Store::read_verified -> target (image::rollback)
 //! ```
 //!
-//! - [`store`] owns the store directory: pack files of chunk records, the
-//!   sled index (hash -> pack, offset, length), crash recovery, gc. Pack
-//!   bytes live behind [`store::backend::PackStorage`]: the local folder
-//!   today, a fault-injecting decorator for tests.
-//! - [`snapshot`] owns names, the catalog of disks and snapshots, the chunk
-//!   maps (content-addressed pages, a small Merkle tree) and the create
-//!   pipeline.
-//! - [`image`] reads snapshot images: random access and export.
-//! - [`rollback`] writes a snapshot back onto a disk, only the chunks that
-//!   differ, to a target it has locked and checked is not in use.
-//! - [`verify`] and [`stats`] read the whole store.
-//! - [`fs`] is the filesystem core without FUSE types (nodes, attrs,
-//!   handles, control files, the snapshot service with the one "running"
-//!   check, errno at the edge); [`fuse`] is the thin fuser adapter that logs
-//!   each error once.
-//! - [`policy`] holds schedules, retention, prune and the mount's runner.
-//! - [`control`] is the `.control` request/response format, shared by the
-//!   mount and the CLI client.
+//! | module | owns | never |
+//! |---|---|---|
+//! | [`store`] | chunks: pack records, the sled index, the cache, crash recovery, gc (handed its [`store::gc::Roots`]); pack bytes behind [`store::backend::PackStorage`] (the local folder; a fault-injecting decorator for tests) | knows disks, snapshots or maps |
+//! | [`map`] | snapshot maps: content-addressed pages (a small Merkle tree), reader, builder on a parent, pins of open maps | writes the catalog |
+//! | [`catalog`] | disks, snapshots, policies, names: the only writer of those sled trees | reads chunks |
+//! | [`repository`] | an open store: the store, the catalog, the disks busy with a snapshot or rollback, the pins | |
+//! | [`snapshot`] | chunk sources (image file or block device, checked for change), hooks, reflink clones, the one pipeline, create | |
+//! | [`image`] | random-access reads, export, rollback with its locked target | |
+//! | [`policy`] | schedules, retention, prune, the mount's runner | |
+//! | [`fs`] | the filesystem core without FUSE types: nodes, attrs, handles, control files, the snapshot service, errno at the edge | |
+//! | [`fuse`] | the fuser adapter: match, reply, log each error once | holds state |
+//! | [`control`] | the `.control` request/response format, shared by mount and CLI | |
+//! | [`verify`], [`stats`] | whole-store reads | |
 //!
 //! # Durability
 //!
@@ -43,7 +43,7 @@
 //! | lock | held by | protects |
 //! |------|---------|----------|
 //! | `STORE/lock` (flock) | the one process that opened the store | the whole store |
-//! | `Store::catalog_lock` | name checks + catalog writes | snapshot names |
+//! | `Catalog::names` | name checks + catalog writes | snapshot names |
 //! | `Store::gc_coord` | reference check of a writing session; gc's mark start and final commit | chunk liveness |
 //! | `Store::gc_run` | one gc pass | packs being rewritten |
 //! | `Repository::running` | one snapshot per disk (or a rollback of it) | EBUSY |

@@ -209,3 +209,56 @@ fn prune_from_the_cli_keeps_manual_and_protected_snapshots() {
     ok(snapfs(&store).args(["policy", "rm", "d"]));
     assert_eq!(ok(snapfs(&store).args(["policy", "show"])), "no policy\n");
 }
+
+#[test]
+fn policy_hooks_and_mount_default_hooks_run_around_each_snapshot() {
+    if !need_fuse("policy_hooks_and_mount_default_hooks_run_around_each_snapshot") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let source = dir.path().join("disk.img");
+    write_random_file(&source, 1 << 20, &mut Rng::new(9));
+    ok(snapfs(&store).args(["disk", "add", "d"]).arg(&source));
+    let (policy_log, mount_log) = (dir.path().join("policy.log"), dir.path().join("mount.log"));
+    let mount_pre = format!("echo \"pre $SNAPFS_SNAPSHOT\" >> '{}'", mount_log.display());
+    let mount_post = format!(
+        "echo \"post $SNAPFS_SNAPSHOT\" >> '{}'",
+        mount_log.display()
+    );
+    let mount = Mount::start_with(
+        &store,
+        &["--pre-hook", &mount_pre, "--post-hook", &mount_post],
+    );
+    let folder = mount.disk("d");
+
+    // `.create` runs the mount's default hooks.
+    write_once(&folder.join(".create"), "manual\n").unwrap();
+    assert_eq!(
+        fs::read_to_string(&mount_log).unwrap(),
+        "pre manual\npost manual\n"
+    );
+
+    // A policy's own hooks, quoted in `.policy`, replace them.
+    let text = format!(
+        "every=1h pre-hook='echo \"pre $SNAPFS_SNAPSHOT\" >> {log}' post-hook='echo \"post $SNAPFS_SNAPSHOT\" >> {log}'\n",
+        log = policy_log.display()
+    );
+    write_once(&folder.join(".policy"), &text).unwrap();
+    let shown = fs::read_to_string(folder.join(".policy")).unwrap();
+    assert!(shown.contains("pre-hook='echo"), "{shown}");
+    wait_for(Duration::from_secs(30), "an automatic snapshot", || {
+        !autos(&folder).is_empty()
+    });
+    let auto = autos(&folder)[0].clone();
+    assert_eq!(
+        fs::read_to_string(&policy_log).unwrap(),
+        format!("pre {auto}\npost {auto}\n")
+    );
+    assert_eq!(
+        fs::read_to_string(&mount_log).unwrap(),
+        "pre manual\npost manual\n",
+        "the mount's hooks did not run for the policy's snapshot"
+    );
+    mount.unmount();
+}

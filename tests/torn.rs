@@ -455,3 +455,60 @@ fn a_clone_left_by_a_killed_snapshot_is_removed_at_the_next_open() {
     drop(fx);
     xfs.unmount();
 }
+
+#[test]
+fn a_running_guest_is_refused_as_torn_and_held_by_hooks_gives_a_consistent_disk() {
+    use common::vm::{check_image, need_vm, Disk, Guest};
+    if !need_vm("a_running_guest_is_refused_as_torn_and_held_by_hooks_gives_a_consistent_disk") {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let image = tmp.path().join("guest.img");
+    common::Ext4Image::create(&image, 256 << 20);
+    let store = tmp.path().join("store");
+    ok(snapfs(&store).args(["disk", "add", "vm1"]).arg(&image));
+    let mut guest = Guest::boot(&[Disk::new(&image)]);
+    guest.run("mount -t ext4 /dev/vda /mnt");
+    guest.start_workload("/mnt");
+    guest.wait_workload(20, Duration::from_secs(120));
+
+    // The guest writes with fsync all the time: a plain read is torn.
+    let err = fails(snapfs(&store).args(["snapshot", "create", "vm1", "t1", "--max-rate", "16M"]));
+    assert!(err.contains("would have been torn"), "{err}");
+
+    // Hooks that stop the whole VM (as a guest agent's freeze would hold
+    // its filesystems) give the disk as it was while held.
+    let pid = guest.pid().expect("qemu pid");
+    let frozen = tmp.path().join("frozen.img");
+    let pre = format!(
+        "kill -STOP {pid} && cp --sparse=always '{}' '{}'",
+        image.display(),
+        frozen.display()
+    );
+    ok(snapfs(&store).args([
+        "snapshot",
+        "create",
+        "vm1",
+        "held",
+        "--max-rate",
+        "16M",
+        "--pre-hook",
+        &pre,
+        "--post-hook",
+        &format!("kill -CONT {pid}"),
+    ]));
+    let exported = tmp.path().join("held.raw");
+    ok(snapfs(&store)
+        .args(["export", "vm1", "held", "-o"])
+        .arg(&exported));
+    assert!(
+        std::fs::read(&exported).expect("export") == std::fs::read(&frozen).expect("frozen"),
+        "the snapshot is the disk as it was while the guest was held"
+    );
+    // The guest went on after the post-hook, and the snapshot is a
+    // crash-consistent disk: every file the guest logged as fsynced is there.
+    guest.wait_workload(guest.workload_progress() + 5, Duration::from_secs(120));
+    let files = check_image(&exported).expect("the snapshot is crash-consistent");
+    assert!(files >= 20, "only {files} files in the snapshot");
+    guest.kill();
+}
