@@ -507,7 +507,8 @@ fn a_running_guest_is_refused_as_torn_and_held_by_hooks_gives_a_consistent_disk(
     );
     // The guest went on after the post-hook, and the snapshot is a
     // crash-consistent disk: every file the guest logged as fsynced is there.
-    guest.wait_workload(guest.workload_progress() + 5, Duration::from_secs(120));
+    let progress = guest.workload_progress();
+    guest.wait_workload(progress + 5, Duration::from_secs(120));
     let files = check_image(&exported).expect("the snapshot is crash-consistent");
     assert!(files >= 20, "only {files} files in the snapshot");
     guest.kill();
