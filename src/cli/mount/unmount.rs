@@ -41,25 +41,8 @@ pub fn unmount_path(mountpoint: &Path, lazy: bool) -> std::io::Result<()> {
 
 /// The pid a snapfs mount names in its root's `user.snapfs.pid` xattr.
 pub fn mount_server_pid(mountpoint: &Path) -> Option<u32> {
-    let path = std::ffi::CString::new(mountpoint.as_os_str().as_encoded_bytes()).ok()?;
-    let name = c"user.snapfs.pid";
-    let mut value = [0u8; 32];
-    let len = unsafe {
-        libc::getxattr(
-            path.as_ptr(),
-            name.as_ptr(),
-            value.as_mut_ptr().cast(),
-            value.len(),
-        )
-    };
-    if len <= 0 {
-        return None;
-    }
-    std::str::from_utf8(&value[..len as usize])
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
+    let value = crate::cli::remote::read_xattr(mountpoint, "user.snapfs.pid").ok()?;
+    std::str::from_utf8(&value).ok()?.trim().parse().ok()
 }
 
 /// Whether process `pid` still runs (a zombie has ended; only its parent
