@@ -513,3 +513,31 @@ fn a_running_guest_is_refused_as_torn_and_held_by_hooks_gives_a_consistent_disk(
     assert!(files >= 20, "only {files} files in the snapshot");
     guest.kill();
 }
+
+#[test]
+fn torn_automatic_snapshots_fill_status_but_not_the_log() {
+    if !common::need_fuse("torn_automatic_snapshots_fill_status_but_not_the_log") {
+        return;
+    }
+    let (fx, image) = Fixture::new(None);
+    let mount = Mount::start_with(&fx.store, &["--max-rate", "40M"]);
+    let writer = Writer::start(&image);
+    ok(snapfs(&fx.store).args(["policy", "set", "d", "--every", "1s"]));
+    let disk = mount.disk("d");
+    let torn_lines = || {
+        status(&disk)
+            .lines()
+            .filter(|l| l.contains("failed auto-") && l.contains("torn"))
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while torn_lines() < 3 {
+        assert!(Instant::now() < deadline, "{}", status(&disk));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    ok(snapfs(&fx.store).args(["policy", "rm", "d"]));
+    drop(writer);
+    let log = mount.unmount();
+    let logged = log.lines().filter(|l| l.contains("torn")).count();
+    assert_eq!(logged, 1, "one log line for a run of torn snapshots: {log}");
+}

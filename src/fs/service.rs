@@ -11,6 +11,7 @@ use std::time::Instant;
 use super::status::StatusBoard;
 use super::{FsResult, MountOptions};
 use crate::catalog::SnapshotRecord;
+use crate::error::Error;
 use crate::policy::Policy;
 use crate::repository::Repository;
 use crate::snapshot::create::create_marked;
@@ -30,6 +31,10 @@ pub struct SnapshotService {
     repo: Arc<Repository>,
     status: StatusBoard,
     options: MountOptions,
+    /// Disks whose last automatic snapshot failed as torn: a policy on a
+    /// disk that is always written would otherwise log the same error at
+    /// every due time.
+    torn_disks: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl SnapshotService {
@@ -38,6 +43,7 @@ impl SnapshotService {
             repo,
             status: StatusBoard::default(),
             options,
+            torn_disks: Default::default(),
         }
     }
 
@@ -92,15 +98,32 @@ impl SnapshotService {
             Ok(record) => {
                 let seconds = started.elapsed().as_secs_f64();
                 log::info!("snapshot {name} of disk {disk} accomplished in {seconds:.1} s");
+                self.torn_disks().remove(disk);
                 self.status.accomplished(disk, &record, seconds);
                 Ok(record)
             }
             Err(e) => {
-                log::error!("snapshot {name} of disk {disk} failed: {e}");
+                let repeat = matches!(e, Error::Torn { .. })
+                    && trigger == Trigger::Policy
+                    && !self.torn_disks().insert(disk.to_string());
+                if repeat {
+                    log::debug!("snapshot {name} of disk {disk} failed again: {e}");
+                } else if matches!(e, Error::Torn { .. }) && trigger == Trigger::Policy {
+                    log::error!(
+                        "snapshot {name} of disk {disk} failed: {e} (until one succeeds, \
+                         further torn automatic snapshots of this disk are only in .status)"
+                    );
+                } else {
+                    log::error!("snapshot {name} of disk {disk} failed: {e}");
+                }
                 self.status.failed(disk, name, &e.to_string());
                 Err(e.into())
             }
         }
+    }
+
+    fn torn_disks(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
+        self.torn_disks.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Reports a name that `.create` did not take, in `.status` and the log.
