@@ -541,3 +541,29 @@ fn torn_automatic_snapshots_fill_status_but_not_the_log() {
     let logged = log.lines().filter(|l| l.contains("torn")).count();
     assert_eq!(logged, 1, "one log line for a run of torn snapshots: {log}");
 }
+
+#[test]
+fn a_block_device_written_meanwhile_fails_as_torn() {
+    if !common::need_root("a_block_device_written_meanwhile_fails_as_torn") {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let image = tmp.path().join("disk.img");
+    std::fs::write(&image, Rng::new(6).bytes((IMAGE_MB << 20) as usize)).expect("image");
+    let device = common::LoopDevice::attach_read_write(&image);
+    let store = tmp.path().join("store");
+    ok(snapfs(&store)
+        .args(["disk", "add", "dev"])
+        .arg(&device.device));
+    // Buffered writes through the device node: seen through its times and,
+    // once flushed, the device's write counters.
+    let writer = Writer::start(&device.device);
+    let err = fails(snapfs(&store).args(["snapshot", "create", "dev", "t1", "--max-rate", "20M"]));
+    assert!(err.contains("would have been torn"), "{err}");
+    drop(writer);
+    ok(snapfs(&store).args(["snapshot", "create", "dev", "t2"]));
+    let out = tmp.path().join("t2.raw");
+    ok(snapfs(&store).args(["export", "dev", "t2", "-o"]).arg(&out));
+    assert!(std::fs::read(&out).expect("export") == std::fs::read(&image).expect("image"));
+    drop(device);
+}

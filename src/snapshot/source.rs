@@ -232,7 +232,8 @@ struct SourceState {
     size: u64,
     mtime: (i64, i64),
     ctime: (i64, i64),
-    /// writes completed, sectors written, discards completed, writes in flight.
+    /// writes completed (flushes left out), sectors written, sectors
+    /// discarded, writes in flight.
     device_writes: Option<[u64; 4]>,
 }
 
@@ -296,7 +297,9 @@ fn device_write_counters(rdev: u64) -> std::io::Result<[u64; 4]> {
         .nth(1)
         .and_then(|f| f.parse().ok())
         .unwrap_or(0);
-    Ok([field(4), field(6), field(11), writes_in_flight])
+    // A flush (ours too) counts as a write of no sectors: leave it out.
+    let writes = field(4).saturating_sub(field(15));
+    Ok([writes, field(6), field(13), writes_in_flight])
 }
 
 /// The size of a file or block device (lseek to the end works for both).
