@@ -12,7 +12,8 @@
 #           (a full re-read), export of the second to a sparse file (synced);
 #   mount:  snapshot of v1 through `.create`, cold `cat` of its image file,
 #           a read of its data regions only (SEEK_DATA), fio 4 KiB random
-#           reads (psync, 4 jobs); the raw v1 file is read as a reference.
+#           reads (psync, 4 jobs); the raw v1 file is read, and v2 copied
+#           with `cp --sparse=always`, as references.
 # Every timed step starts with a dropped page cache and (mount steps) a
 # freshly started mount. Prints, per step, the median and range of each
 # binary and the ratio of the medians, and writes the table to
@@ -154,6 +155,7 @@ report() {
             echo "| $label | $unit | $(stat_of old "$step") | $(stat_of new "$step") | $(ratio "$(median_of new "$step")" "$(median_of old "$step")") |"
         done
         echo "| reference: cold \`cat\` of the raw v1 file | s | $(stat_of raw cat) | | |"
+        echo "| reference: \`cp --sparse=always\` of the raw v2 file, synced | s | $(stat_of raw export) | | |"
     } | tee "$BENCH_COMPARE_RESULTS"
     log "table written to $BENCH_COMPARE_RESULTS; logs in $LOG_DIR"
 }
@@ -180,6 +182,10 @@ main() {
         for tag in $order; do mount_round "$tag" "$RUN/snapfs-$tag" "$n"; done
         # shellcheck disable=SC2016
         measure raw cat "raw-$n-cat" sh -c 'cat "$1" >/dev/null' _ "$WL/disk-v1.img"
+        rm -f "$RUN/raw-copy.img"
+        # shellcheck disable=SC2016
+        measure raw export "raw-$n-cp" sh -c 'cp --sparse=always "$1" "$2" && sync "$2"' _ "$WL/disk-v2.img" "$RUN/raw-copy.img"
+        rm -f "$RUN/raw-copy.img"
     done
     report
 }
