@@ -4,12 +4,9 @@
 use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
-use std::sync::Mutex;
 
 use crate::catalog::SnapshotRecord;
 use crate::error::{Error, IoContext, Result};
-use crate::hash::ChunkHash;
 use crate::map::MapReader;
 use crate::store::Store;
 
@@ -21,8 +18,6 @@ pub enum ExportTarget<'a> {
 }
 
 /// Writes the image of `record` to `target`; `progress` gets the bytes done.
-/// Chunks are read, decompressed and verified on every core, and written
-/// in order by the calling thread.
 pub fn export(
     store: &Store,
     record: &SnapshotRecord,
@@ -31,6 +26,7 @@ pub fn export(
 ) -> Result<()> {
     let chunk_size = record.chunk_size as u64;
     let size = record.size;
+    let map = MapReader::new(store, record.map);
     let zeros = vec![0u8; chunk_size as usize];
     let mut done = 0u64;
     let write_err = |e: std::io::Error| Error::Io {
@@ -40,12 +36,14 @@ pub fn export(
     match target {
         ExportTarget::File(file) => {
             file.set_len(0).map_err(write_err)?;
-            chunks_in_order(store, record, &mut |chunk, data| {
-                if let Some(data) = data {
-                    file.write_all_at(&data, chunk * chunk_size)
-                        .map_err(write_err)?;
+            map.walk(&mut |_| true, &mut |chunk, hash| {
+                let offset = chunk * chunk_size;
+                let len = (size - offset).min(chunk_size);
+                if !hash.is_zero() {
+                    let data = checked_chunk(store, record, chunk, hash)?;
+                    file.write_all_at(&data, offset).map_err(write_err)?;
                 }
-                done += record.chunk_len(chunk);
+                done += len;
                 progress(done);
                 Ok(())
             })?;
@@ -54,13 +52,15 @@ pub fn export(
                 .context(|| "syncing the exported image".into())?;
         }
         ExportTarget::Stream(out) => {
-            chunks_in_order(store, record, &mut |chunk, data| {
-                let len = record.chunk_len(chunk);
-                match data {
-                    Some(data) => out.write_all(&data),
-                    None => out.write_all(&zeros[..len as usize]),
+            map.walk(&mut |_| true, &mut |chunk, hash| {
+                let offset = chunk * chunk_size;
+                let len = (size - offset).min(chunk_size);
+                if hash.is_zero() {
+                    out.write_all(&zeros[..len as usize]).map_err(write_err)?;
+                } else {
+                    out.write_all(&checked_chunk(store, record, chunk, hash)?)
+                        .map_err(write_err)?;
                 }
-                .map_err(write_err)?;
                 done += len;
                 progress(done);
                 Ok(())
@@ -71,82 +71,12 @@ pub fn export(
     Ok(())
 }
 
-/// One chunk in disk order: zero, or the verified bytes a worker sends.
-enum Slot {
-    Zero(u64),
-    Data(u64, Receiver<Result<Vec<u8>>>),
-    Failed(Error),
-}
-
-/// Hands every chunk of `record`, in order, to `sink` (None for an
-/// all-zero chunk). A walker thread reads the map, workers read and verify
-/// the chunks, and a bounded queue of one slot per chunk keeps the order
-/// and the memory: at most a few chunks per worker are in flight.
-fn chunks_in_order(
-    store: &Store,
-    record: &SnapshotRecord,
-    sink: &mut dyn FnMut(u64, Option<Vec<u8>>) -> Result<()>,
-) -> Result<()> {
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let (order_tx, order_rx) = sync_channel::<Slot>(threads * 8);
-    let (work_tx, work_rx) =
-        sync_channel::<(u64, ChunkHash, SyncSender<Result<Vec<u8>>>)>(threads * 2);
-    let work_rx = Mutex::new(work_rx);
-    std::thread::scope(|scope| {
-        scope.spawn(move || {
-            let map = MapReader::new(store, record.map);
-            let stopped = || Error::Invalid("export stopped".into());
-            let walked = map.walk(&mut |_| true, &mut |chunk, hash| {
-                if hash.is_zero() {
-                    return order_tx.send(Slot::Zero(chunk)).map_err(|_| stopped());
-                }
-                let (data_tx, data_rx) = sync_channel(1);
-                order_tx
-                    .send(Slot::Data(chunk, data_rx))
-                    .map_err(|_| stopped())?;
-                work_tx.send((chunk, *hash, data_tx)).map_err(|_| stopped())
-            });
-            if let Err(e) = walked {
-                let _ = order_tx.send(Slot::Failed(e));
-            }
-        });
-        for _ in 0..threads {
-            let work_rx = &work_rx;
-            scope.spawn(move || loop {
-                let item = match work_rx.lock() {
-                    Ok(rx) => rx.recv(),
-                    Err(_) => return,
-                };
-                let Ok((chunk, hash, data_tx)) = item else {
-                    return;
-                };
-                let _ = data_tx.send(checked_chunk(store, record, chunk, &hash));
-            });
-        }
-        // Dropping the queue on the way out stops the walker, and so the workers.
-        let order_rx = order_rx;
-        for slot in order_rx.iter() {
-            match slot {
-                Slot::Zero(chunk) => sink(chunk, None)?,
-                Slot::Data(chunk, data) => {
-                    let data = data
-                        .recv()
-                        .map_err(|_| Error::Invalid("export stopped".into()))??;
-                    sink(chunk, Some(data))?;
-                }
-                Slot::Failed(e) => return Err(e),
-            }
-        }
-        Ok(())
-    })
-}
-
 /// A chunk's bytes from the store, verified, of the length the image needs.
 fn checked_chunk(
     store: &Store,
     record: &SnapshotRecord,
     chunk: u64,
-    hash: &ChunkHash,
+    hash: &crate::hash::ChunkHash,
 ) -> Result<Vec<u8>> {
     let data = store.read_verified(hash)?;
     record.check_chunk_len(chunk, hash, data.len())?;
