@@ -18,8 +18,16 @@ use snapfs::Repository;
 #[derive(Subcommand, Debug)]
 pub enum SnapshotCommand {
     /// Take a snapshot of DISK named NAME (a progress bar shows on a terminal)
+    ///
+    /// A snapshot is the disk at one moment, or it fails. An image file on XFS or btrfs
+    /// is read from a reflink clone (method reflink); with --pre-hook/--post-hook the
+    /// read runs between them (method hook); otherwise a disk that changes while it is
+    /// read fails the snapshot as torn and nothing is kept (method checked). See
+    /// SNAPSHOTS OF RUNNING MACHINES in the man page.
     Create {
+        /// The disk, as registered (e.g. vm1/system)
         disk: String,
+        /// The new snapshot's name (1-128 of letters, digits, . _ - :)
         name: String,
         /// Cap on how fast the disk is read, per second (e.g. 50M)
         #[arg(long, value_name = "RATE", value_parser = parse_size)]
