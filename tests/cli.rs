@@ -280,14 +280,17 @@ fn source_that_shrinks_during_snapshot_fails_and_leaves_nothing() {
         file.write_all_at(&Rng::new(3).bytes(64 << 20), 0)
             .expect("change");
         let shrunk = AtomicBool::new(false);
-        let shrink = |_: &snapfs::snapshot::Progress| {
-            if !shrunk.swap(true, Ordering::SeqCst) {
+        // Mid-read only: the last report comes after the commit. The rate
+        // cap keeps the read going for a couple of seconds.
+        let shrink = |p: &snapfs::snapshot::Progress| {
+            if p.done_bytes < p.total_bytes && !shrunk.swap(true, Ordering::SeqCst) {
                 file.set_len(8 << 20).expect("truncate source");
             }
         };
         let options = CreateOptions {
             threads: 1,
             progress: Some(&shrink),
+            max_rate: Some(100 << 20),
             ..CreateOptions::default()
         };
         let result = create_snapshot(&store, "d", "second", &options);
