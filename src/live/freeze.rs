@@ -294,17 +294,9 @@ impl LiveDisk {
         let to_read: Vec<u64> = if full_read.is_some() {
             all_bits(chunks)
         } else {
-            (0..chunks.div_ceil(64))
-                .map(|w| {
-                    let mut word = 0;
-                    for b in 0..64 {
-                        if marks.contains(w * 64 + b) {
-                            word |= 1 << b;
-                        }
-                    }
-                    word
-                })
-                .collect()
+            // Marks past the end (a shrink's) are not read.
+            let limit = all_bits(chunks);
+            (0..limit.len()).map(|w| marks.word(w) & limit[w]).collect()
         };
         let copies = Arc::new(Copies::new(
             to_read,
@@ -367,7 +359,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 fn all_bits(chunks: u64) -> Vec<u64> {
     let mut words = vec![u64::MAX; chunks.div_ceil(64) as usize];
-    if chunks % 64 != 0 {
+    if !chunks.is_multiple_of(64) {
         if let Some(last) = words.last_mut() {
             *last = (1u64 << (chunks % 64)) - 1;
         }

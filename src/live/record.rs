@@ -234,6 +234,11 @@ impl FrozenMarks {
         self.untrusted_why.as_deref()
     }
 
+    /// Word `w` of the marks (chunks 64w..64w+64), ignoring `all`.
+    pub(crate) fn word(&self, w: usize) -> u64 {
+        self.words.get(w).copied().unwrap_or(0)
+    }
+
     pub fn contains(&self, chunk: u64) -> bool {
         chunk < self.chunks && (self.all || bit(&self.words, chunk))
     }
@@ -241,11 +246,10 @@ impl FrozenMarks {
     /// The changed chunks as ranges, in order.
     pub fn ranges(&self) -> Vec<Range<u64>> {
         if self.all {
-            return if self.chunks > 0 {
-                vec![0..self.chunks]
-            } else {
-                Vec::new()
-            };
+            return (self.chunks > 0)
+                .then_some(0..self.chunks)
+                .into_iter()
+                .collect();
         }
         ranges_of(|c| bit(&self.words, c), self.chunks)
     }
@@ -584,7 +588,7 @@ impl ChangeRecord {
         let cs = self.chunk_size;
         let marks = if new_size < old_size {
             new_size / cs..old_size.div_ceil(cs)
-        } else if new_size > old_size && old_size % cs != 0 {
+        } else if new_size > old_size && !old_size.is_multiple_of(cs) {
             old_size / cs..old_size / cs + 1
         } else {
             0..0
@@ -609,7 +613,7 @@ impl ChangeRecord {
         let state = self.state();
         let chunks = state.header.size.div_ceil(self.chunk_size);
         if state.header.flags & (FLAG_CURRENT_ALL | FLAG_FROZEN_ALL) != 0 {
-            return if chunks > 0 { vec![0..chunks] } else { vec![] };
+            return (chunks > 0).then_some(0..chunks).into_iter().collect();
         }
         let current = self.current.read().unwrap_or_else(|e| e.into_inner());
         ranges_of(
@@ -816,6 +820,7 @@ fn rewrite_file(path: &Path, header: &Header, current: &[u64], frozen: &[u64]) -
 }
 
 #[cfg(test)]
+#[allow(clippy::single_range_in_vec_init)]
 mod tests {
     use super::*;
 

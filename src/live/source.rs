@@ -97,7 +97,7 @@ impl ChunkSource for FrozenSource<'_> {
         let cs = self.chunk_size();
         let size = self.frozen.size;
         let end = offset + buf.len() as u64;
-        if offset % cs != 0 || (end % cs != 0 && end != size) || end > size {
+        if !offset.is_multiple_of(cs) || (!end.is_multiple_of(cs) && end != size) || end > size {
             return Err(Error::Source {
                 path: self.path().to_path_buf(),
                 why: format!(
