@@ -56,6 +56,7 @@ pub mod fs;
 pub mod fuse;
 pub mod hash;
 pub mod image;
+pub mod live;
 pub mod map;
 pub mod modes;
 pub mod policy;
