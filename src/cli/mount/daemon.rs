@@ -1,6 +1,7 @@
 //! `snapfs mount --daemon`: starts this same command detached in a new
 //! session and returns once it serves; the daemon says so through a pipe
-//! whose fd it finds in its environment.
+//! whose fd it finds in its environment. systemd's `NOTIFY_SOCKET` goes on
+//! to the daemon, which is the process that serves and reports readiness.
 
 use std::io::Read;
 use std::os::unix::fs::OpenOptionsExt;
@@ -9,6 +10,8 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
+
+use super::notify::{Notifier, NOTIFY_SOCKET_ENV};
 
 /// Set in the daemon's environment: the fd to report readiness on.
 const READY_FD_ENV: &str = "SNAPFS_READY_FD";
@@ -41,7 +44,7 @@ pub fn report_ready(fd: i32, store_root: &Path) {
 }
 
 /// Starts this same command detached and returns once it serves.
-pub fn start_daemon() -> Result<()> {
+pub fn start_daemon(notifier: Option<&Notifier>) -> Result<()> {
     let mut fds = [0i32; 2];
     if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
         return Err(std::io::Error::last_os_error()).context("creating a pipe");
@@ -54,6 +57,9 @@ pub fn start_daemon() -> Result<()> {
         .env(READY_FD_ENV, write_fd.to_string())
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null());
+    if let Some(notifier) = notifier {
+        command.env(NOTIFY_SOCKET_ENV, notifier.env_value());
+    }
     // The daemon starts with the user's umask, as this command did.
     let user_umask = snapfs::modes::user_umask();
     unsafe {

@@ -6,10 +6,13 @@
 //! The mount runs in the foreground by default; `--daemon` starts a copy of
 //! this command in a new session and returns once that copy serves the
 //! mount (it tells us through a pipe), so a script can use the mount right
-//! after `snapfs mount --daemon` returns.
+//! after `snapfs mount --daemon` returns. Under systemd (`NOTIFY_SOCKET`
+//! set) the process that serves says so at the same moment, and again when
+//! it begins to stop.
 
 mod control_server;
 mod daemon;
+mod notify;
 mod readahead;
 mod signals;
 mod unmount;
@@ -28,6 +31,7 @@ use super::open_store;
 use super::remote::mountpoint_of;
 use control_server::control_handler;
 use daemon::{report_ready, start_daemon};
+use notify::Notifier;
 use readahead::raise_readahead;
 use signals::{block_signals, wait_for_end};
 use snapfs::fs::{MountOptions, SnapFs};
@@ -72,6 +76,9 @@ pub struct UmountArgs {
 }
 
 pub fn mount(dir: &Path, args: MountArgs) -> Result<()> {
+    // Out of the environment before any thread starts, and before hooks
+    // could inherit it.
+    let notifier = Notifier::take_from_env();
     if let Some(mnt) = mountpoint_of(dir)? {
         bail!(
             "store {} is already mounted at {}",
@@ -81,7 +88,7 @@ pub fn mount(dir: &Path, args: MountArgs) -> Result<()> {
     }
     let ready_fd = daemon::ready_fd();
     if args.daemon && ready_fd.is_none() {
-        return start_daemon();
+        return start_daemon(notifier.as_ref());
     }
     let mountpoint = args
         .mountpoint
@@ -145,11 +152,18 @@ pub fn mount(dir: &Path, args: MountArgs) -> Result<()> {
         store_root.display(),
         mountpoint.display()
     );
+    // systemd first: once `--daemon` returns, the message is there too.
+    if let Some(notifier) = &notifier {
+        notifier.ready(&store_root, &mountpoint);
+    }
     if let Some(fd) = ready_fd {
         report_ready(fd, &store_root);
     }
 
     let stop_reason = wait_for_end(&signals, &session);
+    if let Some(notifier) = &notifier {
+        notifier.stopping(&mountpoint);
+    }
     cancel.store(true, Ordering::Relaxed);
     let mut join = true;
     if let Some(signal) = stop_reason {
