@@ -8,9 +8,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::catalog::{Catalog, DiskRecord};
-use crate::live::{LiveDisk, LiveDisks};
 use crate::error::Result;
 use crate::hash::ChunkHash;
+use crate::live::{LiveDisk, LiveDisks};
 use crate::map::{MapReader, PinnedMaps};
 use crate::snapshot::reflink;
 use crate::snapshot::running::RunningDisks;

@@ -48,7 +48,8 @@ fn try_create(disk: &Path, name: &str) -> Result<(), i32> {
         .write(true)
         .open(disk.join(".create"))
         .map_err(errno)?;
-    file.write_all(format!("{name}\n").as_bytes()).map_err(errno)
+    file.write_all(format!("{name}\n").as_bytes())
+        .map_err(errno)
 }
 
 fn create(disk: &Path, name: &str) {
@@ -84,7 +85,10 @@ fn fallocate(file: &File, mode: i32, offset: u64, len: u64) {
 fn assert_bytes(what: &str, got: &[u8], want: &[u8]) {
     assert_eq!(got.len(), want.len(), "size of {what}");
     if let Some(at) = got.iter().zip(want).position(|(a, b)| a != b) {
-        panic!("{what} differs from the model at byte {at} (chunk {})", at as u64 / CHUNK);
+        panic!(
+            "{what} differs from the model at byte {at} (chunk {})",
+            at as u64 / CHUNK
+        );
     }
 }
 
@@ -160,7 +164,11 @@ fn snapshots_through_the_live_file_equal_the_disk_at_their_create() {
             &fs::read(folder.join(&name)).expect("read snapshot"),
             &model,
         );
-        assert_bytes("the live file", &fs::read(&live_path).expect("read live"), &model);
+        assert_bytes(
+            "the live file",
+            &fs::read(&live_path).expect("read live"),
+            &model,
+        );
     }
 
     // Cost follows change: one chunk rewritten, one chunk stored.
@@ -174,33 +182,62 @@ fn snapshots_through_the_live_file_equal_the_disk_at_their_create() {
         ".status: {}",
         fs::read_to_string(folder.join(".status")).unwrap_or_default()
     );
-    assert_eq!(getxattr(&folder, "user.snapfs.record_trusted").as_deref(), Some("1"));
+    assert_eq!(
+        getxattr(&folder, "user.snapfs.record_trusted").as_deref(),
+        Some("1")
+    );
     let status = fs::read_to_string(folder.join(".status")).expect(".status");
-    assert!(status.contains("changed since the last snapshot"), "{status}");
+    assert!(
+        status.contains("changed since the last snapshot"),
+        "{status}"
+    );
     create(&folder, "small");
     let added: u64 = getxattr(&folder.join("small"), "user.snapfs.added_bytes")
         .expect("added_bytes")
         .parse()
         .expect("a number");
-    assert!(added <= CHUNK + 16 * 1024, "one changed chunk added {added} bytes");
+    assert!(
+        added <= CHUNK + 16 * 1024,
+        "one changed chunk added {added} bytes"
+    );
     assert_eq!(
         getxattr(&folder.join("small"), "user.snapfs.method").as_deref(),
         Some("freeze")
     );
-    assert_bytes("snapshot small", &fs::read(folder.join("small")).expect("read"), &model);
-    assert_eq!(getxattr(&folder, "user.snapfs.changed_bytes").as_deref(), Some("0"));
+    assert_bytes(
+        "snapshot small",
+        &fs::read(folder.join("small")).expect("read"),
+        &model,
+    );
+    assert_eq!(
+        getxattr(&folder, "user.snapfs.changed_bytes").as_deref(),
+        Some("0")
+    );
 
     // Snapshot files stay read-only; SEEK_DATA works on the live file.
-    let err = OpenOptions::new().write(true).open(folder.join("small")).unwrap_err();
+    let err = OpenOptions::new()
+        .write(true)
+        .open(folder.join("small"))
+        .unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EROFS));
     let data_at = unsafe { libc::lseek(live.as_raw_fd(), 0, libc::SEEK_DATA) };
-    let first = model.iter().position(|b| *b != 0).map(|p| p as u64 / 4096 * 4096);
-    assert!(data_at >= 0 && Some(data_at as u64) <= first, "SEEK_DATA {data_at}, data at {first:?}");
+    let first = model
+        .iter()
+        .position(|b| *b != 0)
+        .map(|p| p as u64 / 4096 * 4096);
+    assert!(
+        data_at >= 0 && Some(data_at as u64) <= first,
+        "SEEK_DATA {data_at}, data at {first:?}"
+    );
     drop(live);
     mount.unmount();
     // Walk away: the backing is the disk, byte for byte.
     let backing = fx.store.join("disks/vm/data.img");
-    assert_bytes("the backing", &fs::read(backing).expect("read backing"), &model);
+    assert_bytes(
+        "the backing",
+        &fs::read(backing).expect("read backing"),
+        &model,
+    );
 }
 
 /// A guest running from a live disk, its ext4 made on the backing first.
@@ -242,13 +279,13 @@ impl VmFixture {
     }
 
     /// Copies snapshot `name` out of the mount and checks it as a crash
-    /// image; returns the copy.
-    fn check_snapshot(&self, name: &str) -> PathBuf {
+    /// image; returns the copy and the workload files it holds.
+    fn check_snapshot(&self, name: &str) -> (PathBuf, u64) {
         let copy = self.fx.path(&format!("{name}.img"));
         common::copy_sparse(&self.folder().join(name), &copy);
         let files = check_image(&copy).unwrap_or_else(|why| panic!("snapshot {name}: {why}"));
         eprintln!("snapshot {name}: {files} workload files verified");
-        copy
+        (copy, files)
     }
 }
 
@@ -260,19 +297,41 @@ fn snapshots_of_a_running_vm_are_crash_consistent() {
     let mut vm = VmFixture::boot(&["--max-rate", "8M"]);
     let folder = vm.folder();
     let mut progress = vm.guest.wait_workload(3, Duration::from_secs(60));
-    // Uncapped (through .control), then under the mount's --max-rate 8M.
-    let started = Instant::now();
-    ok(snapfs(&vm.fx.store).args(["snapshot", "create", VM_DISK, "first", "--max-rate", "100G"]));
-    eprintln!("first snapshot (whole disk) in {:.1?}", started.elapsed());
-    for name in ["capped1", "capped2"] {
-        progress = vm.guest.wait_workload(progress + 3, Duration::from_secs(60));
+    // The first reads the whole disk under the mount's --max-rate 8M while
+    // the guest writes; then one uncapped (through .control), one capped.
+    let mut taken = Vec::new();
+    for (name, uncapped) in [("first", false), ("uncapped", true), ("capped", false)] {
         let started = Instant::now();
-        create(&folder, name);
-        eprintln!("{name} in {:.1?}", started.elapsed());
+        if uncapped {
+            ok(snapfs(&vm.fx.store).args([
+                "snapshot",
+                "create",
+                VM_DISK,
+                name,
+                "--max-rate",
+                "100G",
+            ]));
+        } else {
+            create(&folder, name);
+        }
+        let after = vm.guest.workload_progress();
+        taken.push((name, progress, after));
+        eprintln!(
+            "{name} in {:.1?}; the guest wrote files {progress}..{after} meanwhile",
+            started.elapsed()
+        );
+        progress = vm.guest.wait_workload(after + 3, Duration::from_secs(60));
     }
-    vm.guest.wait_workload(progress + 2, Duration::from_secs(60));
-    for name in ["first", "capped1", "capped2"] {
-        vm.check_snapshot(name);
+    vm.guest
+        .wait_workload(progress + 2, Duration::from_secs(60));
+    for (name, before, after) in taken {
+        let (_, files) = vm.check_snapshot(name);
+        // Every file fsynced before the .create is there (the workload logs
+        // n once n - 1 is durable); none beyond what was written by its end.
+        assert!(
+            files + 1 >= before && files <= after,
+            "snapshot {name} holds {files} files; {before} were logged before it, {after} after"
+        );
     }
     vm.guest.kill();
 }
@@ -286,7 +345,8 @@ fn snapshot_after_kill9_of_the_mount_under_a_running_vm_is_correct() {
     let folder = vm.folder();
     let progress = vm.guest.wait_workload(3, Duration::from_secs(60));
     create(&folder, "before");
-    vm.guest.wait_workload(progress + 3, Duration::from_secs(60));
+    vm.guest
+        .wait_workload(progress + 3, Duration::from_secs(60));
     vm.mount.kill9();
     // The guest's disk is gone with the mount: stop it.
     vm.guest.kill();
@@ -295,7 +355,7 @@ fn snapshot_after_kill9_of_the_mount_under_a_running_vm_is_correct() {
     let status = fs::read_to_string(folder.join(".status")).expect(".status");
     assert!(status.contains("not trusted"), "after kill -9: {status}");
     create(&folder, "after");
-    let copy = vm.check_snapshot("after");
+    let (copy, _) = vm.check_snapshot("after");
     assert_bytes(
         "snapshot after kill -9",
         &fs::read(&copy).expect("read copy"),

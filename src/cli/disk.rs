@@ -66,11 +66,20 @@ fn report_added(record: &DiskRecord, out: &mut Output) -> Result<()> {
 
 /// A new sparse raw file registered as a live disk; the file goes again if
 /// the disk cannot be registered.
-fn create(repo: &Repository, name: &str, size: u64, backing: Option<PathBuf>) -> Result<DiskRecord> {
+fn create(
+    repo: &Repository,
+    name: &str,
+    size: u64,
+    backing: Option<PathBuf>,
+) -> Result<DiskRecord> {
     check_disk_name(name)?;
     let path = match backing {
         Some(path) => path,
-        None => repo.store().root().join("disks").join(format!("{name}.img")),
+        None => repo
+            .store()
+            .root()
+            .join("disks")
+            .join(format!("{name}.img")),
     };
     if let Some(folder) = path.parent() {
         std::fs::create_dir_all(folder)

@@ -152,8 +152,7 @@ pub fn run(mnt: &Path, command: Command) -> Result<()> {
 /// `path` made absolute: the mount resolves paths against its own working
 /// folder, not ours.
 fn absolute(path: &Path) -> Result<String> {
-    let absolute =
-        std::path::absolute(path).with_context(|| format!("path {}", path.display()))?;
+    let absolute = std::path::absolute(path).with_context(|| format!("path {}", path.display()))?;
     absolute
         .into_os_string()
         .into_string()

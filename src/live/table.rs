@@ -28,7 +28,12 @@ impl LiveDisks {
     }
 
     /// The open `LiveDisk` of `disk`, opened on first use.
-    pub fn get(&self, store_root: &Path, chunk_size: u64, disk: &DiskRecord) -> Result<Arc<LiveDisk>> {
+    pub fn get(
+        &self,
+        store_root: &Path,
+        chunk_size: u64,
+        disk: &DiskRecord,
+    ) -> Result<Arc<LiveDisk>> {
         if !disk.live {
             return Err(Error::Invalid(format!("disk {} is not live", disk.name)));
         }
@@ -37,13 +42,18 @@ impl LiveDisks {
             return Ok(live.clone());
         }
         let dir = live_dir(store_root);
-        std::fs::create_dir_all(&dir)
-            .context(|| format!("cannot create {}", dir.display()))?;
+        std::fs::create_dir_all(&dir).context(|| format!("cannot create {}", dir.display()))?;
         let backing = File::options()
             .read(true)
             .write(true)
             .open(&disk.source)
-            .context(|| format!("cannot open live disk {} ({})", disk.name, disk.source.display()))?;
+            .context(|| {
+                format!(
+                    "cannot open live disk {} ({})",
+                    disk.name,
+                    disk.source.display()
+                )
+            })?;
         let options = LiveOptions::new(&dir, &disk.name, chunk_size);
         let live = LiveDisk::open(Arc::new(backing), &disk.source, &options)?;
         open.insert(disk.name.clone(), live.clone());

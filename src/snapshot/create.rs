@@ -235,7 +235,10 @@ fn create_live(
     let frozen = frozen?;
     thawed?;
     if let Some(why) = frozen.full_read_reason() {
-        log::info!("snapshot {name} of live disk {}: reading it whole: {why}", disk.name);
+        log::info!(
+            "snapshot {name} of live disk {}: reading it whole: {why}",
+            disk.name
+        );
     }
     let source = frozen.source();
     let origin = Origin {
