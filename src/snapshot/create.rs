@@ -240,14 +240,12 @@ fn create_live(
             disk.name
         );
     }
-    let source = frozen.source();
     let origin = Origin {
         source: &disk.source,
         method: Some(CaptureMethod::Freeze),
         after_read: &|| Ok(()),
     };
-    let record = take_snapshot(repo, &disk.name, name, &source, options, origin)?;
-    drop(source);
+    let record = take_snapshot(repo, &disk.name, name, &frozen.source(), options, origin)?;
     frozen.committed(&record)?;
     Ok(record)
 }
