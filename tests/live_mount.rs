@@ -363,3 +363,58 @@ fn snapshot_after_kill9_of_the_mount_under_a_running_vm_is_correct() {
     );
     vm.check_snapshot("before");
 }
+
+#[test]
+fn rollback_of_a_live_disk_leaves_its_change_record_correct() {
+    if !need_fuse("rollback_of_a_live_disk_leaves_its_change_record_correct") {
+        return;
+    }
+    let fx = Fixture::new();
+    ok(snapfs(&fx.store).args(["disk", "create", "data", "--size", "1M"]));
+    let mut rng = Rng::new(7);
+    let (a, b) = (rng.bytes(1 << 20), rng.bytes(1 << 20));
+    let mount = Mount::start(&fx.store);
+    let folder = mount.disk("data");
+    let write_all = |bytes: &[u8]| {
+        let live = OpenOptions::new()
+            .write(true)
+            .open(folder.join("live"))
+            .expect("open live");
+        live.write_all_at(bytes, 0).expect("pwrite");
+        live.sync_all().expect("fsync");
+    };
+    write_all(&a);
+    create(&folder, "a");
+    write_all(&b);
+    create(&folder, "b");
+    // Through the mount: the mount's own LiveDisk learns of it.
+    ok(snapfs(&fx.store).args(["rollback", "data", "a", "--yes"]));
+    assert_bytes(
+        "live after rollback",
+        &fs::read(folder.join("live")).expect("read"),
+        &a,
+    );
+    let status = fs::read_to_string(folder.join(".status")).expect(".status");
+    assert!(
+        status.contains("not trusted") && status.contains("rolled back"),
+        "{status}"
+    );
+    create(&folder, "after-a");
+    assert_bytes(
+        "snapshot after-a",
+        &fs::read(folder.join("after-a")).expect("read"),
+        &a,
+    );
+    mount.unmount();
+    // Not mounted: the CLI opens the live disk itself.
+    ok(snapfs(&fx.store).args(["rollback", "data", "b", "--yes"]));
+    let mount = Mount::start(&fx.store);
+    let folder = mount.disk("data");
+    create(&folder, "after-b");
+    assert_bytes(
+        "snapshot after-b",
+        &fs::read(folder.join("after-b")).expect("read"),
+        &b,
+    );
+    mount.unmount();
+}
