@@ -160,6 +160,8 @@ pub fn run(repo: &Repository, command: DiskCommand, out: &mut Output) -> Result<
             with_snapshots,
         } => {
             repo.catalog().remove_disk(&name, with_snapshots)?;
+            // The mount (or we) may hold it open: nothing writes it any more.
+            repo.live().close(&name)?;
             writeln!(out.out, "removed disk {name}")?;
         }
     }

@@ -39,7 +39,13 @@ impl LiveDisks {
         }
         let mut open = self.lock();
         if let Some(live) = open.get(&disk.name) {
-            return Ok(live.clone());
+            if live.path() == disk.source {
+                return Ok(live.clone());
+            }
+            // The disk was removed and added again with another backing.
+            if let Some(old) = open.remove(&disk.name) {
+                old.shutdown()?;
+            }
         }
         let dir = live_dir(store_root);
         std::fs::create_dir_all(&dir).context(|| format!("cannot create {}", dir.display()))?;
@@ -63,6 +69,16 @@ impl LiveDisks {
     /// The open `LiveDisk` of `name`, if this process opened it.
     pub fn opened(&self, name: &str) -> Option<Arc<LiveDisk>> {
         self.lock().get(name).cloned()
+    }
+
+    /// Shuts `name` down and forgets it, if it is open (its disk is
+    /// being removed).
+    pub fn close(&self, name: &str) -> Result<()> {
+        let disk = self.lock().remove(name);
+        match disk {
+            Some(disk) => disk.shutdown(),
+            None => Ok(()),
+        }
     }
 
     /// Shuts every open live disk down (durable, record marked clean) and
