@@ -107,6 +107,8 @@ impl Filesystem for FuseAdapter {
         for thread in threads {
             let _ = thread.join();
         }
+        // After the last request: nothing writes a live disk any more.
+        self.fs.shutdown_live_disks();
     }
 
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
@@ -226,7 +228,7 @@ impl Filesystem for FuseAdapter {
         _req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
-        _offset: u64,
+        offset: u64,
         data: &[u8],
         _write_flags: WriteFlags,
         _flags: OpenFlags,
@@ -235,9 +237,9 @@ impl Filesystem for FuseAdapter {
     ) {
         if self.fs.is_long_running(fh.0) {
             let (fs, data) = (self.fs.clone(), data.to_vec());
-            return self.run_long(move || reply_write(&fs, fh.0, &data, reply));
+            return self.run_long(move || reply_write(&fs, fh.0, offset, &data, reply));
         }
-        reply_write(&self.fs, fh.0, data, reply)
+        reply_write(&self.fs, fh.0, offset, data, reply)
     }
 
     fn flush(
@@ -249,6 +251,36 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEmpty,
     ) {
         reply.ok();
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        match self.fs.fsync(fh.0) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno("fsync", e)),
+        }
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        match self.fs.fallocate(fh.0, offset, length, mode) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno("fallocate", e)),
+        }
     }
 
     fn release(
@@ -413,8 +445,8 @@ fn reply_read(fs: &SnapFs, fh: u64, offset: u64, size: u32, reply: ReplyData) {
     }
 }
 
-fn reply_write(fs: &SnapFs, fh: u64, data: &[u8], reply: ReplyWrite) {
-    match fs.write(fh, data) {
+fn reply_write(fs: &SnapFs, fh: u64, offset: u64, data: &[u8], reply: ReplyWrite) {
+    match fs.write(fh, offset, data) {
         Ok(written) => reply.written(written),
         Err(e) => reply.error(errno("write", e)),
     }

@@ -25,7 +25,7 @@
 //! | [`repository`] | an open store: the store, the catalog, the disks busy with a snapshot or rollback, the pins | |
 //! | [`snapshot`] | chunk sources (image file or block device, checked for change), hooks, reflink clones, the one pipeline, create | |
 //! | [`image`] | random-access reads, export, rollback with its locked target | |
-//! | [`live`] | live disks' core: the change record, the write path with freeze and copy-before-write, the frozen point in time as a chunk source (not yet served by the mount) | knows the store |
+//! | [`live`] | live disks' core: the change record, the write path with freeze and copy-before-write, the frozen point in time as a chunk source; served as `DISK/live` by `fs` | knows the store |
 //! | [`policy`] | schedules, retention, prune, the mount's runner | |
 //! | [`fs`] | the filesystem core without FUSE types: nodes, attrs, handles, control files, the snapshot service, errno at the edge | |
 //! | [`fuse`] | the fuser adapter: match, reply, log each error once | holds state |

@@ -7,9 +7,10 @@ use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, DiskRecord};
 use crate::error::Result;
 use crate::hash::ChunkHash;
+use crate::live::{LiveDisk, LiveDisks};
 use crate::map::{MapReader, PinnedMaps};
 use crate::snapshot::reflink;
 use crate::snapshot::running::RunningDisks;
@@ -22,6 +23,7 @@ pub struct Repository {
     catalog: Catalog,
     running: RunningDisks,
     pins: PinnedMaps,
+    live: LiveDisks,
 }
 
 impl Repository {
@@ -50,6 +52,7 @@ impl Repository {
             store,
             running: RunningDisks::default(),
             pins: PinnedMaps::default(),
+            live: LiveDisks::default(),
         };
         // We hold the store: no snapshot of ours reads a clone right now.
         let tag = repo.clone_tag();
@@ -80,6 +83,18 @@ impl Repository {
     /// Maps that gc keeps while an image reads them, deleted or not.
     pub fn pins(&self) -> &PinnedMaps {
         &self.pins
+    }
+
+    /// The live disks this process has open (the mount's, or a CLI
+    /// command's on an unmounted store).
+    pub fn live(&self) -> &LiveDisks {
+        &self.live
+    }
+
+    /// `disk`'s `LiveDisk`, opened on first use (its record in STORE/live/).
+    pub fn live_disk(&self, disk: &DiskRecord) -> Result<Arc<LiveDisk>> {
+        self.live
+            .get(self.store.root(), self.store.chunk_size(), disk)
     }
 
     /// A gc pass over the whole store (see `store::gc`).

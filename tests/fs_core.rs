@@ -70,7 +70,7 @@ impl Fixture {
     fn write_create(&self, bytes: &[u8]) -> Result<(), i32> {
         let create = self.ino(self.disk(), ".create")?;
         let opened = self.fs.open(create, libc::O_WRONLY).map_err(errno)?;
-        let result = self.fs.write(opened.fh, bytes).map_err(errno);
+        let result = self.fs.write(opened.fh, 0, bytes).map_err(errno);
         self.fs.release(opened.fh);
         assert_eq!(result?, bytes.len() as u32);
         Ok(())

@@ -32,6 +32,9 @@ pub struct DiskRecord {
     pub source: PathBuf,
     /// Unix time in milliseconds.
     pub added_ms: i64,
+    /// Served read-write as `MNT/DISK/live`, with its changes recorded.
+    #[serde(default)]
+    pub live: bool,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -67,6 +70,8 @@ pub enum CaptureMethod {
     Hook,
     /// Read, and checked before and after not to have changed meanwhile.
     Checked,
+    /// Frozen in a live disk's write path.
+    Freeze,
 }
 
 impl std::fmt::Display for CaptureMethod {
@@ -75,6 +80,7 @@ impl std::fmt::Display for CaptureMethod {
             CaptureMethod::Reflink => "reflink",
             CaptureMethod::Hook => "hook",
             CaptureMethod::Checked => "checked",
+            CaptureMethod::Freeze => "freeze",
         })
     }
 }
@@ -219,8 +225,25 @@ impl Catalog {
     /// Registers a disk. The source must be a readable image file or block
     /// device; it is recorded as an absolute path.
     pub fn add_disk(&self, name: &str, source: &Path) -> Result<DiskRecord> {
+        self.add_disk_as(name, source, false)
+    }
+
+    /// `add_disk`; a `live` disk's source must also open for writing.
+    pub fn add_disk_as(&self, name: &str, source: &Path, live: bool) -> Result<DiskRecord> {
         check_disk_name(name)?;
         let source = crate::snapshot::source::check_source(source)?;
+        if live {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&source)
+                .map_err(|e| {
+                    Error::Invalid(format!(
+                        "live disk {name}: cannot open {} for writing: {e}",
+                        source.display()
+                    ))
+                })?;
+        }
         let _names = self.name_lock();
         if self.disks.contains_key(name)? {
             return Err(Error::DiskExists(name.to_string()));
@@ -239,6 +262,7 @@ impl Catalog {
             name: name.to_string(),
             source,
             added_ms: now_ms(),
+            live,
         };
         self.disks.insert(name, encode(&record)?)?;
         self.changed()?;

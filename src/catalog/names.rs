@@ -8,6 +8,9 @@ pub const MAX_DISK_COMPONENT: usize = 64;
 /// Names starting with this are made by policies only.
 pub const AUTO_PREFIX: &str = "auto";
 
+/// A live disk's own file in its folder: never a snapshot's name.
+pub const LIVE_FILE: &str = "live";
+
 /// How much of a name an error or a `.status` line repeats.
 const SHOWN_CHARS: usize = 64;
 
@@ -68,7 +71,15 @@ pub fn check_snapshot_name(name: &str) -> Result<()> {
 
 /// A snapshot name, automatic ones included.
 pub fn check_any_snapshot_name(name: &str) -> Result<()> {
-    check_component("snapshot", name, name, MAX_SNAPSHOT_NAME)
+    check_component("snapshot", name, name, MAX_SNAPSHOT_NAME)?;
+    if name == LIVE_FILE {
+        return Err(invalid(
+            "snapshot",
+            name,
+            "'live' is reserved for a live disk's own file",
+        ));
+    }
+    Ok(())
 }
 
 /// A disk name: `disk` or `group/disk`, each part like a snapshot name
@@ -111,6 +122,7 @@ mod tests {
             "é",
             "auto-1",
             "auto",
+            "live",
             &"x".repeat(129),
         ] {
             assert!(check_snapshot_name(bad).is_err(), "{bad:?} accepted");

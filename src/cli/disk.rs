@@ -2,18 +2,38 @@
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Subcommand;
 
 use super::{print_json, Output};
+use snapfs::catalog::names::check_disk_name;
+use snapfs::catalog::DiskRecord;
 use snapfs::snapshot::source::{ChunkSource, ImageSource};
-use snapfs::units::{format_bytes, rfc3339_ms};
+use snapfs::units::{format_bytes, parse_size, rfc3339_ms};
 use snapfs::Repository;
 
 #[derive(Subcommand, Debug)]
 pub enum DiskCommand {
     /// Register a disk: NAME is `disk` or `group/disk`, SOURCE a raw image file or block device
-    Add { name: String, source: PathBuf },
+    Add {
+        name: String,
+        source: PathBuf,
+        /// Adopt SOURCE as a live disk: served read-write as MNT/NAME/live for a VM to run
+        /// from, its changes recorded so that snapshots are instant and incremental
+        /// (nothing is copied; SOURCE stays the disk, byte for byte)
+        #[arg(long)]
+        live: bool,
+    },
+    /// Create a new, empty live disk: a sparse raw file of SIZE (in STORE/disks/ unless --backing)
+    Create {
+        name: String,
+        /// The disk's size (e.g. 20G)
+        #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+        size: u64,
+        /// Where to create the raw file (it must not exist)
+        #[arg(long, value_name = "PATH")]
+        backing: Option<PathBuf>,
+    },
     /// List the registered disks
     List {
         /// Print JSON instead of a table
@@ -29,6 +49,58 @@ pub enum DiskCommand {
     },
 }
 
+fn report_added(record: &DiskRecord, out: &mut Output) -> Result<()> {
+    let size = ImageSource::open(&record.source)
+        .map(|s| s.size())
+        .unwrap_or(0);
+    writeln!(
+        out.out,
+        "added {}disk {} ({}, {})",
+        if record.live { "live " } else { "" },
+        record.name,
+        record.source.display(),
+        format_bytes(size)
+    )?;
+    Ok(())
+}
+
+/// A new sparse raw file registered as a live disk; the file goes again if
+/// the disk cannot be registered.
+fn create(
+    repo: &Repository,
+    name: &str,
+    size: u64,
+    backing: Option<PathBuf>,
+) -> Result<DiskRecord> {
+    check_disk_name(name)?;
+    let path = match backing {
+        Some(path) => path,
+        None => repo
+            .store()
+            .root()
+            .join("disks")
+            .join(format!("{name}.img")),
+    };
+    if let Some(folder) = path.parent() {
+        std::fs::create_dir_all(folder)
+            .with_context(|| format!("cannot create {}", folder.display()))?;
+    }
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    let made = file
+        .set_len(size)
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("cannot size {}", path.display()))
+        .and_then(|()| Ok(repo.catalog().add_disk_as(name, &path, true)?));
+    if made.is_err() {
+        let _ = std::fs::remove_file(&path);
+    }
+    made
+}
+
 #[derive(serde::Serialize)]
 struct DiskRow {
     name: String,
@@ -40,18 +112,17 @@ struct DiskRow {
 
 pub fn run(repo: &Repository, command: DiskCommand, out: &mut Output) -> Result<()> {
     match command {
-        DiskCommand::Add { name, source } => {
-            let record = repo.catalog().add_disk(&name, &source)?;
-            let size = ImageSource::open(&record.source)
-                .map(|s| s.size())
-                .unwrap_or(0);
-            writeln!(
-                out.out,
-                "added disk {} ({}, {})",
-                record.name,
-                record.source.display(),
-                format_bytes(size)
-            )?;
+        DiskCommand::Add { name, source, live } => {
+            let record = repo.catalog().add_disk_as(&name, &source, live)?;
+            report_added(&record, out)?;
+        }
+        DiskCommand::Create {
+            name,
+            size,
+            backing,
+        } => {
+            let record = create(repo, &name, size, backing)?;
+            report_added(&record, out)?;
         }
         DiskCommand::List { json } => {
             let mut rows = Vec::new();
@@ -89,6 +160,8 @@ pub fn run(repo: &Repository, command: DiskCommand, out: &mut Output) -> Result<
             with_snapshots,
         } => {
             repo.catalog().remove_disk(&name, with_snapshots)?;
+            // The mount (or we) may hold it open: nothing writes it any more.
+            repo.live().close(&name)?;
             writeln!(out.out, "removed disk {name}")?;
         }
     }

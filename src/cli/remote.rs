@@ -118,14 +118,24 @@ pub fn run(mnt: &Path, command: Command) -> Result<()> {
             )
         }),
         // The mount resolves paths against its own working folder, not ours.
-        Command::Disk(DiskCommand::Add { name, source }) => {
-            let source = std::path::absolute(&source)
-                .with_context(|| format!("source {}", source.display()))?;
-            let source = source
-                .into_os_string()
-                .into_string()
-                .map_err(|s| anyhow::anyhow!("source {s:?} is not UTF-8"))?;
-            control(mnt, vec!["disk".into(), "add".into(), name, source])
+        Command::Disk(DiskCommand::Add { name, source, live }) => {
+            let mut args = vec!["disk".into(), "add".into(), name, absolute(&source)?];
+            if live {
+                args.push("--live".into());
+            }
+            control(mnt, args)
+        }
+        Command::Disk(DiskCommand::Create {
+            name,
+            size,
+            backing,
+        }) => {
+            let mut args = vec!["disk".into(), "create".into(), name];
+            args.extend(["--size".into(), size.to_string()]);
+            if let Some(backing) = backing {
+                args.extend(["--backing".into(), absolute(&backing)?]);
+            }
+            control(mnt, args)
         }
         _ => {
             let args = std::env::args_os()
@@ -137,6 +147,16 @@ pub fn run(mnt: &Path, command: Command) -> Result<()> {
             control(mnt, args).map_err(|e| cut_off(e, what))
         }
     }
+}
+
+/// `path` made absolute: the mount resolves paths against its own working
+/// folder, not ours.
+fn absolute(path: &Path) -> Result<String> {
+    let absolute = std::path::absolute(path).with_context(|| format!("path {}", path.display()))?;
+    absolute
+        .into_os_string()
+        .into_string()
+        .map_err(|s| anyhow::anyhow!("path {s:?} is not UTF-8"))
 }
 
 /// The command's first words (`snapshot rename`, `gc`), for messages.

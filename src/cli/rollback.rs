@@ -103,6 +103,21 @@ pub fn run(repo: &Repository, args: RollbackArgs, out: &mut Output) -> Result<()
         }
     }
 
+    // A live disk's backing rewritten outside its write path: its change
+    // record no longer tells what changed, from before the first write on.
+    let canonical = path.canonicalize().ok();
+    let mut live = Vec::new();
+    for other in repo.catalog().disks()? {
+        if other.live && canonical.as_ref() == Some(&other.source) {
+            let disk = repo.live_disk(&other)?;
+            disk.record().distrust(&format!(
+                "rolled back to snapshot {} of disk {}",
+                record.name, record.disk
+            ))?;
+            live.push(disk);
+        }
+    }
+
     let bar = progress_bar(out.interactive);
     if let Some(bar) = &bar {
         bar.set_length(record.size);
@@ -116,6 +131,12 @@ pub fn run(repo: &Repository, args: RollbackArgs, out: &mut Output) -> Result<()
         bar.finish_and_clear();
     }
     let report = result?;
+    for disk in &live {
+        // The live file takes the snapshot's size too.
+        if disk.size() != record.size {
+            disk.set_len(record.size)?;
+        }
+    }
     if args.json {
         return print_json(out, &report);
     }

@@ -49,8 +49,14 @@ impl SnapFs {
                 self.file_attr(ino, 0o644, size)
             }
             Node::Control => self.file_attr(ino, 0o600, 0),
+            Node::Live(disk) => {
+                let live = self.live_disk(disk)?;
+                let mut attr = self.file_attr(ino, 0o600, live.size());
+                attr.blocks = self.live_blocks(&live);
+                attr
+            }
             Node::Status(disk) => {
-                let size = self.status().render(disk).len() as u64;
+                let size = self.status_text(disk).len() as u64;
                 self.file_attr(ino, 0o444, size)
             }
             Node::Snapshot { disk, id } => {
@@ -78,6 +84,11 @@ impl SnapFs {
     pub fn setattr(&self, ino: u64, size: Option<u64>, changes_other: bool) -> FsResult<Attr> {
         let node = self.node(ino)?;
         match &node {
+            Node::Live(disk) if !changes_other => {
+                if let Some(size) = size {
+                    self.live_disk(disk)?.set_len(size)?;
+                }
+            }
             Node::Snapshot { .. } => return Err(FsError::new(libc::EROFS)),
             Node::Create(_) | Node::Control | Node::Policy(_)
                 if !changes_other && matches!(size, None | Some(0)) => {}
@@ -107,12 +118,16 @@ impl SnapFs {
                     self.repo.store().root().display().to_string(),
                 ),
             ],
-            Node::Disk(disk) => vec![
-                ("user.snapfs.disk".into(), disk.clone()),
-                ("user.snapfs.source".into(), disk_source(disk)?),
-                // `.status` for programs (see `status::StatusReport`).
-                ("user.snapfs.status".into(), self.status().report_json(disk)),
-            ],
+            Node::Disk(disk) => {
+                let mut attrs = vec![
+                    ("user.snapfs.disk".into(), disk.clone()),
+                    ("user.snapfs.source".into(), disk_source(disk)?),
+                    // `.status` for programs (see `status::StatusReport`).
+                    ("user.snapfs.status".into(), self.status().report_json(disk)),
+                ];
+                attrs.extend(self.live_xattrs(disk)?);
+                attrs
+            }
             Node::Snapshot { disk, id } => {
                 let s = self.snapshot_by_id(disk, *id)?;
                 vec![

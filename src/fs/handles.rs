@@ -10,6 +10,7 @@ use super::prefetch::ReadState;
 use super::{FsError, FsResult, Node, Opened, SnapFs};
 use crate::catalog::SnapshotRecord;
 use crate::image::{ImageReader, ReadData};
+use crate::live::LiveDisk;
 
 /// Marks the handle numbers of `.create` and `.control`, whose requests
 /// may run for minutes (see `is_long_running`).
@@ -32,6 +33,8 @@ pub(super) enum Handle {
         request: Mutex<Vec<u8>>,
         response: Mutex<Option<Vec<u8>>>,
     },
+    /// `live`: the disk itself (see `live_file.rs`).
+    Live(Arc<LiveDisk>),
 }
 
 pub(super) struct HandleTable {
@@ -62,7 +65,7 @@ impl HandleTable {
         fh
     }
 
-    fn get(&self, fh: u64) -> FsResult<Arc<Handle>> {
+    pub(super) fn get(&self, fh: u64) -> FsResult<Arc<Handle>> {
         self.lock()
             .get(&fh)
             .cloned()
@@ -124,7 +127,7 @@ impl SnapFs {
                     return Err(FsError::new(libc::EACCES));
                 }
                 (
-                    Handle::Text(self.status().render(&disk).into_bytes()),
+                    Handle::Text(self.status_text(&disk).into_bytes()),
                     true,
                     false,
                 )
@@ -143,11 +146,14 @@ impl SnapFs {
                 true,
                 false,
             ),
+            // Direct I/O: the kernel passes O_DIRECT (QEMU's cache=none)
+            // and every write through, so fsync needs no page cache.
+            Node::Live(disk) => (Handle::Live(self.live_disk(&disk)?), true, false),
             Node::Root | Node::Group(_) | Node::Disk(_) => {
                 return Err(FsError::new(libc::EISDIR));
             }
         };
-        let parallel_writes = matches!(handle, Handle::Create { .. });
+        let parallel_writes = matches!(handle, Handle::Create { .. } | Handle::Live(_));
         Ok(Opened {
             fh: self.handles.add(handle),
             direct_io,
@@ -192,12 +198,15 @@ impl SnapFs {
                 Ok(slice_at(self.policy_text(disk)?.as_bytes(), offset, size).into())
             }
             Handle::Create { .. } => Err(FsError::new(libc::EBADF)),
+            Handle::Live(disk) => self.live_read(disk, offset, size),
         }
     }
 
-    pub fn write(&self, fh: u64, data: &[u8]) -> FsResult<u32> {
+    /// Writes `data` at `offset`; control files take it whole, wherever.
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
         let handle = self.handles.get(fh)?;
         match handle.as_ref() {
+            Handle::Live(disk) => self.live_write(disk, offset, data)?,
             Handle::Create { disk } => self.create_from_write(disk, data)?,
             Handle::Policy { disk } => self.policy_from_write(disk, data)?,
             Handle::Control { request, response } => self.control_write(request, response, data)?,
@@ -209,6 +218,9 @@ impl SnapFs {
     /// SEEK_DATA / SEEK_HOLE over all-zero chunks.
     pub fn lseek(&self, fh: u64, offset: u64, whence: i32) -> FsResult<u64> {
         let handle = self.handles.get(fh)?;
+        if let Handle::Live(disk) = handle.as_ref() {
+            return self.live_lseek(disk, offset, whence);
+        }
         let Handle::Image { reader, .. } = handle.as_ref() else {
             return Err(FsError::new(libc::EINVAL));
         };

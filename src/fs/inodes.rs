@@ -20,6 +20,8 @@ pub enum Node {
     Policy(String),
     /// `DISK/.status`: progress and recent outcomes.
     Status(String),
+    /// `DISK/live`: a live disk itself, read-write.
+    Live(String),
     /// `/.control`: runs CLI commands inside the mount.
     Control,
     /// A snapshot image file.

@@ -10,6 +10,7 @@
 //! /GROUP/DISK/.create   write a name: take a snapshot (returns when done)
 //! /GROUP/DISK/.policy   the disk's policy; write settings to change it
 //! /GROUP/DISK/.status   the running snapshot and recent outcomes
+//! /GROUP/DISK/live      a live disk itself, read-write
 //! /GROUP/DISK/NAME      a read-only raw image per accomplished snapshot
 //! ```
 //!
@@ -20,6 +21,7 @@
 //! | `nodes.rs` + `inodes.rs` | names to nodes, listing, unlink and rename |
 //! | `attrs.rs` | stat attributes, xattrs, statfs |
 //! | `handles.rs` | the handle table; open, read, write, lseek, release |
+//! | `live_file.rs` | `DISK/live` of a live disk: I/O through its `LiveDisk` |
 //! | `control_files.rs` | `.create`, `.policy` and `.control` contents |
 //! | `service.rs` | the snapshot service: the one "running" check, `.status` |
 //! | `status.rs` | what `.status` and `user.snapfs.status` show |
@@ -33,6 +35,7 @@ mod control_files;
 pub mod errno;
 mod handles;
 mod inodes;
+mod live_file;
 mod nodes;
 mod prefetch;
 pub mod service;
@@ -120,7 +123,7 @@ pub struct SnapFs {
 
 impl SnapFs {
     pub fn new(repo: Arc<Repository>, control: ControlHandler, options: MountOptions) -> SnapFs {
-        SnapFs {
+        let fs = SnapFs {
             inodes: InodeTable::default(),
             handles: HandleTable::default(),
             catalog: CatalogCache::default(),
@@ -129,7 +132,9 @@ impl SnapFs {
             repo,
             control,
             mounted_at: SystemTime::now(),
-        }
+        };
+        fs.open_live_disks();
+        fs
     }
 
     pub fn repo(&self) -> &Arc<Repository> {

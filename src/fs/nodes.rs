@@ -4,7 +4,7 @@
 use std::ffi::OsStr;
 
 use super::{Attr, FileKind, FsError, FsResult, Node, SnapFs, ROOT_INO};
-use crate::catalog::names::check_snapshot_name;
+use crate::catalog::names::{check_snapshot_name, LIVE_FILE};
 use crate::catalog::SnapshotRecord;
 
 fn name_str(name: &OsStr) -> FsResult<&str> {
@@ -58,6 +58,9 @@ impl SnapFs {
                 ".create" => Ok(Node::Create(disk.clone())),
                 ".policy" => Ok(Node::Policy(disk.clone())),
                 ".status" => Ok(Node::Status(disk.clone())),
+                LIVE_FILE if catalog.disks.iter().any(|d| d.name == *disk && d.live) => {
+                    Ok(Node::Live(disk.clone()))
+                }
                 _ => {
                     let record = catalog
                         .find_snapshot(disk, |s| s.name == name)
@@ -122,6 +125,9 @@ impl SnapFs {
                 add(Node::Create(disk.clone()), FileKind::File, ".create");
                 add(Node::Policy(disk.clone()), FileKind::File, ".policy");
                 add(Node::Status(disk.clone()), FileKind::File, ".status");
+                if catalog.disks.iter().any(|d| d.name == *disk && d.live) {
+                    add(Node::Live(disk.clone()), FileKind::File, LIVE_FILE);
+                }
                 for record in catalog.snapshots.get(disk).into_iter().flatten() {
                     let node = Node::Snapshot {
                         disk: disk.clone(),

@@ -7,6 +7,7 @@
 //! | [`record`] | the persistent change record: which chunks changed since the last snapshot, durable before a write proceeds | reads or writes the backing |
 //! | [`freeze`] | [`LiveDisk`]: the write path (guards, marks, copy-before-write), the freeze point, the copies | knows the store |
 //! | [`source`] | [`FrozenSource`]: a frozen point in time as a [`ChunkSource`](crate::snapshot::source::ChunkSource) | writes |
+//! | [`table`] | [`LiveDisks`]: the live disks a process has open, each once | does I/O itself |
 //!
 //! # The write path and a snapshot
 //!
@@ -43,10 +44,12 @@
 pub mod freeze;
 pub mod record;
 pub mod source;
+pub mod table;
 
 pub use freeze::{CopyStats, Frozen, LiveDisk, LiveOptions, WriteGuard};
 pub use record::{BackingIdentity, ChangeRecord, FrozenMarks};
 pub use source::FrozenSource;
+pub use table::LiveDisks;
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;

@@ -134,6 +134,10 @@ pub fn create_marked(
     let disk = repo.catalog().disk(running.disk())?;
     // A refused name freezes nothing.
     check_name(repo, &disk.name, name, options.automatic)?;
+    if disk.live {
+        return create_live(repo, &disk, name, options)
+            .map_err(|e| repo.store().blame_lost_folder(e));
+    }
     let hooks = &options.hooks;
     let context = HookContext {
         disk: &disk.name,
@@ -196,6 +200,54 @@ pub fn create_from(
         .and_then(|_| check_name(repo, running.disk(), name, options.automatic))
         .and_then(|()| take_snapshot(repo, running.disk(), name, source, options, origin))
         .map_err(|e| repo.store().blame_lost_folder(e))
+}
+
+/// A live disk's snapshot: frozen in its write path (between the hooks,
+/// if any), then the frozen chunks stored on the newest snapshot's map.
+/// It holds exactly the writes acknowledged before the freeze, however
+/// long the storing takes.
+fn create_live(
+    repo: &Repository,
+    disk: &crate::catalog::DiskRecord,
+    name: &str,
+    options: &CreateOptions,
+) -> Result<SnapshotRecord> {
+    let live = repo.live_disk(disk)?;
+    let parent = repo
+        .catalog()
+        .snapshots(Some(&disk.name))?
+        .into_iter()
+        .max_by_key(|s| s.id);
+    let hooks = &options.hooks;
+    let context = HookContext {
+        disk: &disk.name,
+        snapshot: name,
+        source: &disk.source,
+    };
+    hooks.run_pre(&context)?;
+    let frozen = live.freeze(parent.as_ref());
+    // The freeze holds the point in time: the guest may go on.
+    let thawed = if hooks.post.is_some() {
+        hooks.run_post(&context)
+    } else {
+        Ok(())
+    };
+    let frozen = frozen?;
+    thawed?;
+    if let Some(why) = frozen.full_read_reason() {
+        log::info!(
+            "snapshot {name} of live disk {}: reading it whole: {why}",
+            disk.name
+        );
+    }
+    let origin = Origin {
+        source: &disk.source,
+        method: Some(CaptureMethod::Freeze),
+        after_read: &|| Ok(()),
+    };
+    let record = take_snapshot(repo, &disk.name, name, &frozen.source(), options, origin)?;
+    frozen.committed(&record)?;
+    Ok(record)
 }
 
 /// What the record says of where a snapshot came from, and what runs

@@ -1,0 +1,420 @@
+//! Live disks served by a real mount: `MNT/DISK/live` is the disk itself,
+//! read-write, and every snapshot taken through `.create` is the disk at
+//! that moment, reading only what changed since the last one. Then a real
+//! VM (QEMU under TCG) runs from the live file, and snapshots taken while
+//! it writes are crash-consistent, also after kill -9 of the mount.
+
+mod common;
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::mount::Mount;
+use common::vm::{check_image, need_vm, Cache, Disk, Guest};
+use common::{need_fuse, ok, snapfs, Ext4Image, Rng};
+use tempfile::TempDir;
+
+const CHUNK: u64 = 64 << 10;
+
+struct Fixture {
+    tmp: TempDir,
+    store: PathBuf,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let tmp = tempfile::Builder::new()
+            .prefix("snapfs-live-mount-")
+            .tempdir()
+            .expect("temp dir");
+        let store = tmp.path().join("store");
+        ok(snapfs(&store).args(["init", "--chunk-size", "64K"]));
+        Fixture { tmp, store }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.tmp.path().join(name)
+    }
+}
+
+/// Takes snapshot `name` through `.create`; Err holds the errno.
+fn try_create(disk: &Path, name: &str) -> Result<(), i32> {
+    let errno = |e: std::io::Error| e.raw_os_error().unwrap_or(-1);
+    let mut file = OpenOptions::new()
+        .write(true)
+        .open(disk.join(".create"))
+        .map_err(errno)?;
+    file.write_all(format!("{name}\n").as_bytes())
+        .map_err(errno)
+}
+
+fn create(disk: &Path, name: &str) {
+    if let Err(errno) = try_create(disk, name) {
+        panic!(
+            "snapshot {name} failed with errno {errno}; .status:\n{}",
+            fs::read_to_string(disk.join(".status")).unwrap_or_default()
+        );
+    }
+}
+
+fn getxattr(path: &Path, name: &str) -> Option<String> {
+    let out = std::process::Command::new("getfattr")
+        .args(["--only-values", "-n", name])
+        .arg(path)
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn fallocate(file: &File, mode: i32, offset: u64, len: u64) {
+    let rc = unsafe { libc::fallocate(file.as_raw_fd(), mode, offset as i64, len as i64) };
+    assert_eq!(
+        rc,
+        0,
+        "fallocate mode {mode:#x} at {offset} of {len}: {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+fn assert_bytes(what: &str, got: &[u8], want: &[u8]) {
+    assert_eq!(got.len(), want.len(), "size of {what}");
+    if let Some(at) = got.iter().zip(want).position(|(a, b)| a != b) {
+        panic!(
+            "{what} differs from the model at byte {at} (chunk {})",
+            at as u64 / CHUNK
+        );
+    }
+}
+
+#[test]
+fn snapshots_through_the_live_file_equal_the_disk_at_their_create() {
+    if !need_fuse("snapshots_through_the_live_file_equal_the_disk_at_their_create") {
+        return;
+    }
+    let fx = Fixture::new();
+    ok(snapfs(&fx.store).args(["disk", "create", "vm/data", "--size", "4M"]));
+    let mount = Mount::start(&fx.store);
+    let folder = mount.disk("vm/data");
+    let live_path = folder.join("live");
+    let meta = fs::metadata(&live_path).expect("stat live");
+    assert_eq!(meta.len(), 4 << 20, "live has the backing's size");
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777,
+        0o600
+    );
+    // `live` is no snapshot name.
+    assert_eq!(try_create(&folder, "live"), Err(libc::EINVAL));
+
+    let live = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&live_path)
+        .expect("open live");
+    let mut model = vec![0u8; 4 << 20];
+    let mut rng = Rng::new(common::seed_from_env("SNAPFS_SEED"));
+    for round in 0..6 {
+        for _ in 0..8 {
+            let size = model.len() as u64;
+            match rng.below(10) {
+                0..=5 => {
+                    let at = rng.below(size);
+                    let len = 1 + rng.below((size - at).min(300_000));
+                    let data = rng.bytes(len as usize);
+                    live.write_all_at(&data, at).expect("pwrite");
+                    model[at as usize..(at + len) as usize].copy_from_slice(&data);
+                }
+                6 | 7 => {
+                    let at = rng.below(size);
+                    let len = 1 + rng.below((size - at).min(500_000));
+                    let mode = if rng.below(2) == 0 {
+                        libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE
+                    } else {
+                        libc::FALLOC_FL_ZERO_RANGE
+                    };
+                    fallocate(&live, mode, at, len);
+                    model[at as usize..(at + len) as usize].fill(0);
+                }
+                8 => {
+                    let to = size + rng.below(400_000);
+                    live.set_len(to).expect("grow");
+                    model.resize(to as usize, 0);
+                }
+                _ => {
+                    // A write past the end grows the disk.
+                    let at = size + rng.below(100_000);
+                    let len = 1 + rng.below(70_000) as usize;
+                    let data = rng.bytes(len);
+                    live.write_all_at(&data, at).expect("pwrite past the end");
+                    model.resize(at as usize + data.len(), 0);
+                    model[at as usize..].copy_from_slice(&data);
+                }
+            }
+        }
+        live.sync_all().expect("fsync live");
+        let name = format!("s{round}");
+        create(&folder, &name);
+        assert_bytes(
+            &format!("snapshot {name}"),
+            &fs::read(folder.join(&name)).expect("read snapshot"),
+            &model,
+        );
+        assert_bytes(
+            "the live file",
+            &fs::read(&live_path).expect("read live"),
+            &model,
+        );
+    }
+
+    // Cost follows change: one chunk rewritten, one chunk stored.
+    let data = rng.bytes(CHUNK as usize);
+    live.write_all_at(&data, 3 * CHUNK).expect("pwrite");
+    model[3 * CHUNK as usize..4 * CHUNK as usize].copy_from_slice(&data);
+    live.sync_data().expect("fdatasync");
+    assert_eq!(
+        getxattr(&folder, "user.snapfs.changed_bytes").as_deref(),
+        Some(CHUNK.to_string().as_str()),
+        ".status: {}",
+        fs::read_to_string(folder.join(".status")).unwrap_or_default()
+    );
+    assert_eq!(
+        getxattr(&folder, "user.snapfs.record_trusted").as_deref(),
+        Some("1")
+    );
+    let status = fs::read_to_string(folder.join(".status")).expect(".status");
+    assert!(
+        status.contains("changed since the last snapshot"),
+        "{status}"
+    );
+    create(&folder, "small");
+    let added: u64 = getxattr(&folder.join("small"), "user.snapfs.added_bytes")
+        .expect("added_bytes")
+        .parse()
+        .expect("a number");
+    assert!(
+        added <= CHUNK + 16 * 1024,
+        "one changed chunk added {added} bytes"
+    );
+    assert_eq!(
+        getxattr(&folder.join("small"), "user.snapfs.method").as_deref(),
+        Some("freeze")
+    );
+    assert_bytes(
+        "snapshot small",
+        &fs::read(folder.join("small")).expect("read"),
+        &model,
+    );
+    assert_eq!(
+        getxattr(&folder, "user.snapfs.changed_bytes").as_deref(),
+        Some("0")
+    );
+
+    // Snapshot files stay read-only; SEEK_DATA works on the live file.
+    let err = OpenOptions::new()
+        .write(true)
+        .open(folder.join("small"))
+        .unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS));
+    let data_at = unsafe { libc::lseek(live.as_raw_fd(), 0, libc::SEEK_DATA) };
+    let first = model
+        .iter()
+        .position(|b| *b != 0)
+        .map(|p| p as u64 / 4096 * 4096);
+    assert!(
+        data_at >= 0 && Some(data_at as u64) <= first,
+        "SEEK_DATA {data_at}, data at {first:?}"
+    );
+    drop(live);
+    mount.unmount();
+    // Walk away: the backing is the disk, byte for byte.
+    let backing = fx.store.join("disks/vm/data.img");
+    assert_bytes(
+        "the backing",
+        &fs::read(backing).expect("read backing"),
+        &model,
+    );
+}
+
+/// A guest running from a live disk, its ext4 made on the backing first.
+struct VmFixture {
+    fx: Fixture,
+    backing: PathBuf,
+    mount: Mount,
+    guest: Guest,
+}
+
+const VM_DISK: &str = "vm/sys";
+
+impl VmFixture {
+    fn boot(mount_args: &[&str]) -> VmFixture {
+        let fx = Fixture::new();
+        let backing = fx.path("vm.img");
+        Ext4Image::create(&backing, 64 << 20);
+        ok(snapfs(&fx.store)
+            .args(["disk", "add", VM_DISK])
+            .arg(&backing)
+            .arg("--live"));
+        let mount = Mount::start_with(&fx.store, mount_args);
+        let live = mount.disk(VM_DISK).join("live");
+        // cache=none without fallback: O_DIRECT must open.
+        let mut guest = Guest::boot(&[Disk::new(&live).cache(Cache::None)]);
+        eprintln!("guest booted in {:.1?}", guest.boot_time);
+        guest.run("mount -t ext4 /dev/vda /mnt");
+        guest.start_workload("/mnt");
+        VmFixture {
+            fx,
+            backing,
+            mount,
+            guest,
+        }
+    }
+
+    fn folder(&self) -> PathBuf {
+        self.mount.disk(VM_DISK)
+    }
+
+    /// Copies snapshot `name` out of the mount and checks it as a crash
+    /// image; returns the copy and the workload files it holds.
+    fn check_snapshot(&self, name: &str) -> (PathBuf, u64) {
+        let copy = self.fx.path(&format!("{name}.img"));
+        common::copy_sparse(&self.folder().join(name), &copy);
+        let files = check_image(&copy).unwrap_or_else(|why| panic!("snapshot {name}: {why}"));
+        eprintln!("snapshot {name}: {files} workload files verified");
+        (copy, files)
+    }
+}
+
+#[test]
+fn snapshots_of_a_running_vm_are_crash_consistent() {
+    if !need_vm("snapshots_of_a_running_vm_are_crash_consistent") {
+        return;
+    }
+    let mut vm = VmFixture::boot(&["--max-rate", "8M"]);
+    let folder = vm.folder();
+    let mut progress = vm.guest.wait_workload(3, Duration::from_secs(60));
+    // The first reads the whole disk under the mount's --max-rate 8M while
+    // the guest writes; then one uncapped (through .control), one capped.
+    let mut taken = Vec::new();
+    for (name, uncapped) in [("first", false), ("uncapped", true), ("capped", false)] {
+        let started = Instant::now();
+        if uncapped {
+            ok(snapfs(&vm.fx.store).args([
+                "snapshot",
+                "create",
+                VM_DISK,
+                name,
+                "--max-rate",
+                "100G",
+            ]));
+        } else {
+            create(&folder, name);
+        }
+        let after = vm.guest.workload_progress();
+        taken.push((name, progress, after));
+        eprintln!(
+            "{name} in {:.1?}; the guest wrote files {progress}..{after} meanwhile",
+            started.elapsed()
+        );
+        progress = vm.guest.wait_workload(after + 3, Duration::from_secs(60));
+    }
+    vm.guest
+        .wait_workload(progress + 2, Duration::from_secs(60));
+    for (name, before, after) in taken {
+        let (_, files) = vm.check_snapshot(name);
+        // Every file fsynced before the .create is there (the workload logs
+        // n once n - 1 is durable); none beyond what was written by its end.
+        assert!(
+            files + 1 >= before && files <= after,
+            "snapshot {name} holds {files} files; {before} were logged before it, {after} after"
+        );
+    }
+    vm.guest.kill();
+}
+
+#[test]
+fn snapshot_after_kill9_of_the_mount_under_a_running_vm_is_correct() {
+    if !need_vm("snapshot_after_kill9_of_the_mount_under_a_running_vm_is_correct") {
+        return;
+    }
+    let mut vm = VmFixture::boot(&[]);
+    let folder = vm.folder();
+    let progress = vm.guest.wait_workload(3, Duration::from_secs(60));
+    create(&folder, "before");
+    vm.guest
+        .wait_workload(progress + 3, Duration::from_secs(60));
+    vm.mount.kill9();
+    // The guest's disk is gone with the mount: stop it.
+    vm.guest.kill();
+    vm.mount.remount();
+    let folder = vm.folder();
+    let status = fs::read_to_string(folder.join(".status")).expect(".status");
+    assert!(status.contains("not trusted"), "after kill -9: {status}");
+    create(&folder, "after");
+    let (copy, _) = vm.check_snapshot("after");
+    assert_bytes(
+        "snapshot after kill -9",
+        &fs::read(&copy).expect("read copy"),
+        &fs::read(&vm.backing).expect("read backing"),
+    );
+    vm.check_snapshot("before");
+}
+
+#[test]
+fn rollback_of_a_live_disk_leaves_its_change_record_correct() {
+    if !need_fuse("rollback_of_a_live_disk_leaves_its_change_record_correct") {
+        return;
+    }
+    let fx = Fixture::new();
+    ok(snapfs(&fx.store).args(["disk", "create", "data", "--size", "1M"]));
+    let mut rng = Rng::new(7);
+    let (a, b) = (rng.bytes(1 << 20), rng.bytes(1 << 20));
+    let mount = Mount::start(&fx.store);
+    let folder = mount.disk("data");
+    let write_all = |bytes: &[u8]| {
+        let live = OpenOptions::new()
+            .write(true)
+            .open(folder.join("live"))
+            .expect("open live");
+        live.write_all_at(bytes, 0).expect("pwrite");
+        live.sync_all().expect("fsync");
+    };
+    write_all(&a);
+    create(&folder, "a");
+    write_all(&b);
+    create(&folder, "b");
+    // Through the mount: the mount's own LiveDisk learns of it.
+    ok(snapfs(&fx.store).args(["rollback", "data", "a", "--yes"]));
+    assert_bytes(
+        "live after rollback",
+        &fs::read(folder.join("live")).expect("read"),
+        &a,
+    );
+    let status = fs::read_to_string(folder.join(".status")).expect(".status");
+    assert!(
+        status.contains("not trusted") && status.contains("rolled back"),
+        "{status}"
+    );
+    create(&folder, "after-a");
+    assert_bytes(
+        "snapshot after-a",
+        &fs::read(folder.join("after-a")).expect("read"),
+        &a,
+    );
+    mount.unmount();
+    // Not mounted: the CLI opens the live disk itself.
+    ok(snapfs(&fx.store).args(["rollback", "data", "b", "--yes"]));
+    let mount = Mount::start(&fx.store);
+    let folder = mount.disk("data");
+    create(&folder, "after-b");
+    assert_bytes(
+        "snapshot after-b",
+        &fs::read(folder.join("after-b")).expect("read"),
+        &b,
+    );
+    mount.unmount();
+}
