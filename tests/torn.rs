@@ -567,3 +567,28 @@ fn a_block_device_written_meanwhile_fails_as_torn() {
     assert!(std::fs::read(&out).expect("export") == std::fs::read(&image).expect("image"));
     drop(device);
 }
+
+#[test]
+fn a_live_disk_runs_its_post_hook_after_a_failing_pre_hook_too() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store = tmp.path().join("store");
+    ok(snapfs(&store).args(["disk", "create", "vm", "--size", "4M"]));
+    let log = tmp.path().join("hooks.log");
+    let err = fails(snapfs(&store).args([
+        "snapshot",
+        "create",
+        "vm",
+        "s",
+        "--pre-hook",
+        "echo 'no guest agent' >&2; exit 4",
+        "--post-hook",
+        &format!("echo post >> {}", log.display()),
+    ]));
+    assert!(err.contains("exit status 4: no guest agent"), "{err}");
+    assert_eq!(
+        hook_log(&log),
+        ["post"],
+        "the post-hook ran after the failure"
+    );
+    ok(snapfs(&store).args(["snapshot", "create", "vm", "t"]));
+}

@@ -86,6 +86,13 @@ impl From<Error> for FsError {
     }
 }
 
+impl From<std::io::Error> for FsError {
+    /// A system call's own error, mapped as the library's I/O errors are.
+    fn from(e: std::io::Error) -> FsError {
+        FsError::new(io_errno(&e))
+    }
+}
+
 impl fmt::Display for FsError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if let Some(context) = &self.context {

@@ -109,8 +109,7 @@ impl SnapFs {
                     )
                 };
                 if rc != 0 {
-                    let e = std::io::Error::last_os_error();
-                    return Err(FsError::new(e.raw_os_error().unwrap_or(libc::EIO)));
+                    return Err(std::io::Error::last_os_error().into());
                 }
                 Ok(())
             }
@@ -128,8 +127,7 @@ impl SnapFs {
         }
         let pos = unsafe { libc::lseek(disk.backing().as_raw_fd(), offset as libc::off_t, whence) };
         if pos < 0 {
-            let e = std::io::Error::last_os_error();
-            return Err(FsError::new(e.raw_os_error().unwrap_or(libc::EIO)));
+            return Err(std::io::Error::last_os_error().into());
         }
         // The disk may be longer than the backing (not grown yet): the rest is a hole.
         Ok((pos as u64).min(disk.size()))

@@ -25,7 +25,7 @@
 //! let disk = LiveDisk::open(backing, &path, &LiveOptions::new(&store_live_dir, "vm1/system", chunk_size))?;
 //! disk.write_at(&buf, offset)?;                  // or: let g = disk.write_guard(offset, len)?; pwrite; drop(g)
 //! let parent = repo.catalog().snapshots(Some("vm1/system"))?.last().cloned();
-//! let frozen = disk.freeze(parent.as_ref())?;     // the point in time; returns in milliseconds
+//! let frozen = disk.freeze(parent.as_ref())?;     // the point in time; waits only for writes in flight
 //! let record = create_from(&repo, &running, "nightly", &frozen.source(), &options)?;
 //! frozen.committed(&record)?;
 //! disk.shutdown()?;                              // at unmount: lets the next open trust the record

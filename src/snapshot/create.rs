@@ -224,14 +224,12 @@ fn create_live(
         snapshot: name,
         source: &disk.source,
     };
-    hooks.run_pre(&context)?;
-    let frozen = live.freeze(parent.as_ref());
-    // The freeze holds the point in time: the guest may go on.
-    let thawed = if hooks.post.is_some() {
-        hooks.run_post(&context)
-    } else {
-        Ok(())
-    };
+    let frozen = hooks
+        .run_pre(&context)
+        .and_then(|()| live.freeze(parent.as_ref()));
+    // The freeze holds the point in time: the guest may go on. The
+    // post-hook runs whatever happened, a failed pre-hook included.
+    let thawed = hooks.run_post(&context);
     let frozen = frozen?;
     thawed?;
     if let Some(why) = frozen.full_read_reason() {

@@ -1,7 +1,8 @@
 //! Reflink clones: on a filesystem that shares extents between files (XFS,
-//! btrfs), `FICLONE` copies a whole image in milliseconds without copying
-//! data, and the copy stays as it was whatever writes the original gets. A
-//! snapshot of such a source reads the clone: a point in time for free.
+//! btrfs), `FICLONE` makes a copy of a whole image that shares its data
+//! instead of copying it, and the copy stays as it was whatever writes the
+//! original gets. A snapshot of such a source reads the clone: a point in
+//! time without holding the guest for the read.
 //!
 //! The clone lives next to its source (a clone cannot cross filesystems)
 //! as `.NAME.snapfs-clone-TAG`, TAG naming the store, and is removed when

@@ -240,12 +240,13 @@ struct SourceState {
 impl SourceState {
     fn of(file: &File, path: &Path) -> std::io::Result<SourceState> {
         use std::os::unix::fs::MetadataExt;
-        let is_device = file.metadata()?.file_type().is_block_device();
+        let meta = file.metadata()?;
+        let is_device = meta.file_type().is_block_device();
         if is_device {
-            // Dirty pages of the device, whoever wrote them, go out now.
+            // Dirty pages of the device, whoever wrote them, go out now
+            // (the counters below then count them).
             file.sync_data()?;
         }
-        let meta = file.metadata()?;
         let named = std::fs::metadata(path)?;
         let device_writes = if is_device {
             Some(device_write_counters(meta.rdev())?)
