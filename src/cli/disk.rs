@@ -82,8 +82,13 @@ fn create(
             .join(format!("{name}.img")),
     };
     if let Some(folder) = path.parent() {
-        std::fs::create_dir_all(folder)
-            .with_context(|| format!("cannot create {}", folder.display()))?;
+        // Inside the store: private like the rest of it.
+        let made = if folder.starts_with(repo.store().root()) {
+            snapfs::modes::create_private_dir(folder)
+        } else {
+            std::fs::create_dir_all(folder)
+        };
+        made.with_context(|| format!("cannot create {}", folder.display()))?;
     }
     let file = std::fs::OpenOptions::new()
         .write(true)

@@ -740,7 +740,7 @@ impl Copies {
 /// An unlinked file in `dir`: its space goes back when it is closed,
 /// whatever happens to the process.
 fn spill_file(dir: &Path) -> Result<File> {
-    std::fs::create_dir_all(dir).context(|| format!("cannot create {}", dir.display()))?;
+    crate::modes::create_private_dir(dir).context(|| format!("cannot create {}", dir.display()))?;
     let name = format!(
         "copies.{}.{}",
         std::process::id(),

@@ -48,7 +48,8 @@ impl LiveDisks {
             }
         }
         let dir = live_dir(store_root);
-        std::fs::create_dir_all(&dir).context(|| format!("cannot create {}", dir.display()))?;
+        crate::modes::create_private_dir(&dir)
+            .context(|| format!("cannot create {}", dir.display()))?;
         let backing = File::options()
             .read(true)
             .write(true)
