@@ -317,8 +317,16 @@ pub struct ChangeRecord {
     /// The file says "clean shutdown": the next mark must clear that first.
     clean: AtomicBool,
     syncs: AtomicU64,
+    /// False only under `SNAPFS_BENCH_NO_TRACKING` (the benchmark's
+    /// "tracking off" side): nothing is marked and every snapshot reads
+    /// the whole disk, so nothing wrong is ever stored.
+    tracking: bool,
     state: Mutex<State>,
 }
+
+/// The environment variable that turns change tracking off, for the
+/// benchmark that measures what tracking costs.
+pub const NO_TRACKING_VAR: &str = "SNAPFS_BENCH_NO_TRACKING";
 
 struct State {
     file: File,
@@ -434,6 +442,7 @@ impl ChangeRecord {
             current_all: AtomicBool::new(header.flags & FLAG_CURRENT_ALL != 0),
             clean: AtomicBool::new(false),
             syncs: AtomicU64::new(1),
+            tracking: std::env::var_os(NO_TRACKING_VAR).is_none(),
             state: Mutex::new(State {
                 file,
                 path,
@@ -465,11 +474,14 @@ impl ChangeRecord {
 
     /// True when the marks alone tell what changed since `base()`.
     pub fn trusted(&self) -> bool {
-        self.state().header.flags & (FLAG_CURRENT_ALL | FLAG_FROZEN_ALL) == 0
+        self.untrusted_reason().is_none()
     }
 
     /// Why the record is not trusted.
     pub fn untrusted_reason(&self) -> Option<String> {
+        if !self.tracking {
+            return Some(format!("change tracking is off ({NO_TRACKING_VAR})"));
+        }
         let state = self.state();
         if state.header.flags & (FLAG_CURRENT_ALL | FLAG_FROZEN_ALL) == 0 {
             return None;
@@ -496,7 +508,7 @@ impl ChangeRecord {
     /// Call before the write reaches the backing. Chunks already durably
     /// marked cost no system call.
     pub fn before_write(&self, chunks: Range<u64>) -> Result<()> {
-        if chunks.is_empty() || self.marked(&chunks) {
+        if !self.tracking || chunks.is_empty() || self.marked(&chunks) {
             return Ok(());
         }
         let mut state = self.state();
@@ -612,7 +624,7 @@ impl ChangeRecord {
     pub fn changed(&self) -> Vec<Range<u64>> {
         let state = self.state();
         let chunks = state.header.size.div_ceil(self.chunk_size);
-        if state.header.flags & (FLAG_CURRENT_ALL | FLAG_FROZEN_ALL) != 0 {
+        if !self.tracking || state.header.flags & (FLAG_CURRENT_ALL | FLAG_FROZEN_ALL) != 0 {
             return (chunks > 0).then_some(0..chunks).into_iter().collect();
         }
         let current = self.current.read().unwrap_or_else(|e| e.into_inner());
@@ -646,8 +658,11 @@ impl ChangeRecord {
         for (f, c) in merged.iter_mut().zip(current.iter()) {
             *f |= c.load(Ordering::Acquire);
         }
-        let all = state.header.flags & (FLAG_CURRENT_ALL | FLAG_FROZEN_ALL) != 0;
+        let all = !self.tracking || state.header.flags & (FLAG_CURRENT_ALL | FLAG_FROZEN_ALL) != 0;
         let untrusted_why = all.then(|| {
+            if !self.tracking {
+                return format!("change tracking is off ({NO_TRACKING_VAR})");
+            }
             state
                 .untrusted_why
                 .clone()
