@@ -22,7 +22,7 @@ use std::ops::Range;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 
 use super::record::{BackingIdentity, ChangeRecord, FrozenMarks};
@@ -73,7 +73,13 @@ pub struct LiveDisk {
     copies: RwLock<Option<Arc<Copies>>>,
     spill_dir: PathBuf,
     copy_memory: u64,
+    /// Writes ended since the record last stamped the backing's identity.
+    unstamped: AtomicBool,
 }
+
+/// How often the stamper looks for writes to stamp: a kill -9 within
+/// this long of the last write leaves the record untrusted (over-reports).
+const STAMP_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Held while one write is in flight; see [`LiveDisk::write_guard`].
 pub struct WriteGuard<'d> {
@@ -82,6 +88,9 @@ pub struct WriteGuard<'d> {
 
 impl Drop for WriteGuard<'_> {
     fn drop(&mut self) {
+        // Set before the gate lets a freeze or shutdown by: the stamper
+        // then sees this write.
+        self.disk.unstamped.store(true, Ordering::Release);
         self.disk.gate.exit();
     }
 }
@@ -91,17 +100,24 @@ impl LiveDisk {
     /// read-write by the caller) is `backing`, named `path` in messages.
     /// Reads the backing's identity before any write, to judge the record.
     pub fn open(backing: Arc<File>, path: &Path, options: &LiveOptions) -> Result<Arc<LiveDisk>> {
-        let identity = BackingIdentity::of(&backing)
+        let identity = BackingIdentity::settled(&backing)
             .context(|| format!("cannot stat backing {}", path.display()))?;
         let size = identity.size;
+        // A regular file's times change with every write: stamps of them
+        // tell, after a crash, that nobody wrote it since.
+        let stamps = backing
+            .metadata()
+            .context(|| format!("cannot stat backing {}", path.display()))?
+            .is_file();
         let record = ChangeRecord::open(
             &options.record_dir,
             &options.disk_id,
             options.chunk_size,
             size,
             &identity,
+            stamps,
         )?;
-        Ok(Arc::new(LiveDisk {
+        let disk = Arc::new(LiveDisk {
             backing,
             path: path.to_path_buf(),
             disk_id: options.disk_id.clone(),
@@ -112,7 +128,50 @@ impl LiveDisk {
             copies: RwLock::new(None),
             spill_dir: options.spill_dir.clone(),
             copy_memory: options.copy_memory,
-        }))
+            unstamped: AtomicBool::new(false),
+        });
+        if stamps {
+            start_stamper(Arc::downgrade(&disk));
+        }
+        Ok(disk)
+    }
+
+    /// Stamps the backing's identity in the record if writes ended since
+    /// the last stamp and the clock has passed their times; otherwise
+    /// leaves that for the next round. Returns false once the disk is
+    /// shut down.
+    fn stamp_if_written(&self) -> bool {
+        if self.gate.is_shut() {
+            return false;
+        }
+        if !self.unstamped.swap(false, Ordering::AcqRel) {
+            return true;
+        }
+        // Read after the flag was cleared: a write ending later sets it
+        // again, and its times are then stamped next round.
+        let stamped = BackingIdentity::of(&self.backing)
+            .map_err(|e| e.to_string())
+            .and_then(|identity| {
+                if !identity.is_settled() {
+                    return Ok(false);
+                }
+                self.record
+                    .stamp(&identity)
+                    .map(|()| true)
+                    .map_err(|e| e.to_string())
+            });
+        match stamped {
+            Ok(true) => {}
+            Ok(false) => self.unstamped.store(true, Ordering::Release),
+            Err(e) => {
+                log::warn!(
+                    "live disk {}: cannot stamp its change record: {e}",
+                    self.disk_id
+                );
+                self.unstamped.store(true, Ordering::Release);
+            }
+        }
+        true
     }
 
     pub fn path(&self) -> &Path {
@@ -326,30 +385,27 @@ impl LiveDisk {
     pub fn shutdown(&self) -> Result<()> {
         self.gate.shut();
         self.sync()?;
-        let identity = settled_identity(&self.backing)
+        let identity = BackingIdentity::settled(&self.backing)
             .context(|| format!("cannot stat backing {}", self.path.display()))?;
         self.record.mark_clean_shutdown(&identity)
     }
 }
 
-/// The backing's identity once the clock has passed its times, so that a
-/// write by anyone after us gets a later mtime even where file times are
-/// coarse (a kernel tick).
-fn settled_identity(file: &File) -> std::io::Result<BackingIdentity> {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
-    loop {
-        let identity = BackingIdentity::of(file)?;
-        let mut now = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut now) };
-        let now_ns = now.tv_sec * 1_000_000_000 + now.tv_nsec;
-        let settled = now_ns > identity.mtime_ns.max(identity.ctime_ns);
-        if settled || std::time::Instant::now() > deadline {
-            return Ok(identity);
-        }
-        std::thread::sleep(std::time::Duration::from_millis(1));
+/// Stamps the disk's record after writes until the disk is shut down or
+/// dropped (the thread holds it weakly, so it keeps nothing open).
+fn start_stamper(disk: std::sync::Weak<LiveDisk>) {
+    let spawned = std::thread::Builder::new()
+        .name("snapfs-stamp".into())
+        .spawn(move || loop {
+            std::thread::sleep(STAMP_INTERVAL);
+            match disk.upgrade() {
+                Some(disk) if disk.stamp_if_written() => {}
+                _ => return,
+            }
+        });
+    if let Err(e) = spawned {
+        // Only trust after a crash is lost: the record stays correct.
+        log::warn!("cannot start the change record's stamper: {e}");
     }
 }
 
@@ -511,6 +567,10 @@ impl Gate {
         let hold = self.close();
         lock(&self.state).shut = true;
         drop(hold);
+    }
+
+    fn is_shut(&self) -> bool {
+        lock(&self.state).shut
     }
 }
 

@@ -11,13 +11,18 @@
 //! open both are reported, so a crash before the commit loses nothing.
 //!
 //! The record cannot vouch for writes made while snapfs was not running.
-//! At a clean shutdown it stores the backing's identity (device, inode,
-//! size, mtime and ctime in nanoseconds); at open, a record that was not
-//! shut down cleanly, or whose backing's identity changed, counts every
-//! chunk as changed ("untrusted") until the next snapshot commits. Writes to
-//! a block device through another path leave its device node's times as they
-//! were: for block devices only a size change and an unclean shutdown are
-//! detected.
+//! It stores the backing's identity (device, inode, size, mtime and ctime
+//! in nanoseconds) at a clean shutdown and, for a regular file, also a
+//! moment after every burst of writes (a "stamp", see `LiveDisk`): every
+//! write changes a file's times, so a backing whose identity is still the
+//! stamped one was written by nobody since, and the marks (durable before
+//! each write) hold every write before. At open, a record whose backing's
+//! identity changed counts every chunk as changed ("untrusted") until the
+//! next snapshot commits; so does one that was not shut down cleanly and
+//! has no stamp to compare. A kill -9 of the mount thus keeps the record
+//! trusted when nobody wrote the backing after it. Writes to a block device
+//! through another path leave its device node's times as they were: for
+//! block devices only a size change and an unclean shutdown are detected.
 //!
 //! # File format (`<dir>/<disk id, escaped>.changes`, version 1)
 //!
@@ -27,12 +32,12 @@
 //! |---|---|---|
 //! | 0 | 8 | magic `SNAPFSCR` |
 //! | 8 | 4 | version, u32 = 1 |
-//! | 12 | 4 | flags: 1 clean shutdown, 2 every chunk changed (current), 4 every chunk changed (frozen) |
+//! | 12 | 4 | flags: 1 clean shutdown, 2 every chunk changed (current), 4 every chunk changed (frozen), 8 stamped (the identity is the backing's after the last write) |
 //! | 16 | 8 | chunk size in bytes |
 //! | 24 | 8 | disk size in bytes |
 //! | 32 | 8 | capacity: chunks each bitmap has room for (a multiple of 32768) |
 //! | 40 | 8 | base: catalog id of the snapshot the marks count from, 0 for none |
-//! | 48 | 8 | backing st_dev at the clean shutdown |
+//! | 48 | 8 | backing st_dev at the clean shutdown or the last stamp |
 //! | 56 | 8 | backing st_ino |
 //! | 64 | 8 | backing size |
 //! | 72 | 8 | backing mtime, i64 nanoseconds since the epoch |
@@ -72,6 +77,7 @@ const CAPACITY_STEP: u64 = 4096 * 8;
 const FLAG_CLEAN: u32 = 1;
 const FLAG_CURRENT_ALL: u32 = 2;
 const FLAG_FROZEN_ALL: u32 = 4;
+const FLAG_STAMPED: u32 = 8;
 
 /// What tells whether a backing changed while snapfs was not running.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -84,6 +90,31 @@ pub struct BackingIdentity {
 }
 
 impl BackingIdentity {
+    /// The backing's identity once the clock has passed its times, so that
+    /// a write by anyone after this gets a later mtime even where file
+    /// times are coarse (a kernel tick). Waits a second at most.
+    pub fn settled(file: &File) -> io::Result<BackingIdentity> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+        loop {
+            let identity = BackingIdentity::of(file)?;
+            if identity.is_settled() || std::time::Instant::now() > deadline {
+                return Ok(identity);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+
+    /// True once the coarse clock is past both times.
+    pub fn is_settled(&self) -> bool {
+        let mut now = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut now) };
+        let now_ns = now.tv_sec * 1_000_000_000 + now.tv_nsec;
+        now_ns > self.mtime_ns.max(self.ctime_ns)
+    }
+
     pub fn of(file: &File) -> io::Result<BackingIdentity> {
         let meta = file.metadata()?;
         Ok(BackingIdentity {
@@ -340,16 +371,20 @@ struct State {
 
 impl ChangeRecord {
     /// Opens (or creates) the record of disk `disk_id` in `dir`, for a disk
-    /// of `size` bytes whose backing is now `identity`. A missing or
-    /// damaged record, one that was not shut down cleanly, or one whose
-    /// backing changed since, is untrusted: every chunk counts as changed
-    /// until a snapshot frozen after this commits.
+    /// of `size` bytes whose backing is now `identity` (settled). A missing
+    /// or damaged record, one whose backing changed since, or one that was
+    /// not shut down cleanly and has no stamp to vouch for it, is
+    /// untrusted: every chunk counts as changed until a snapshot frozen
+    /// after this commits. `stamps`: the backing's times change with each
+    /// write (a regular file), so stamps of them can vouch; the open
+    /// stamps `identity` then.
     pub fn open(
         dir: &Path,
         disk_id: &str,
         chunk_size: u64,
         size: u64,
         identity: &BackingIdentity,
+        stamps: bool,
     ) -> Result<ChangeRecord> {
         if chunk_size == 0 || !chunk_size.is_power_of_two() {
             return Err(Error::Invalid(format!(
@@ -366,12 +401,20 @@ impl ChangeRecord {
         let loaded = load(&path, chunk_size);
         let (header, current, frozen, why) = match loaded {
             Ok(Some((header, current, frozen))) => {
-                let why = if header.flags & FLAG_CLEAN == 0 {
-                    Some("snapfs did not shut down cleanly".to_string())
-                } else if header.size != size || header.identity != *identity {
-                    Some("the backing changed while snapfs was not running".to_string())
-                } else {
-                    None
+                let clean = header.flags & FLAG_CLEAN != 0;
+                let stamped = stamps && header.flags & FLAG_STAMPED != 0;
+                let same = header.size == size && header.identity == *identity;
+                let why = match (same, clean, stamped) {
+                    (true, true, _) | (true, false, true) => None,
+                    (false, true, _) => {
+                        Some("the backing changed while snapfs was not running".to_string())
+                    }
+                    (false, false, true) => Some(
+                        "snapfs did not shut down cleanly and the backing changed after its \
+                         last write through snapfs"
+                            .to_string(),
+                    ),
+                    (_, false, false) => Some("snapfs did not shut down cleanly".to_string()),
                 };
                 (header, current, frozen, why)
             }
@@ -413,7 +456,11 @@ impl ChangeRecord {
         let mut frozen = frozen;
         current.resize(words, 0);
         frozen.resize(words, 0);
-        header.flags &= !FLAG_CLEAN;
+        header.flags &= !(FLAG_CLEAN | FLAG_STAMPED);
+        if stamps && identity.is_settled() {
+            header.flags |= FLAG_STAMPED;
+            header.identity = *identity;
+        }
         if why.is_some() {
             header.flags |= FLAG_CURRENT_ALL;
         }
@@ -746,6 +793,23 @@ impl ChangeRecord {
         Ok(())
     }
 
+    /// Stamps the backing's `identity` (settled) after writes: if the
+    /// backing still has it at the next open, nobody wrote it since, and
+    /// the record stays trusted even after a kill -9 of the mount. Call
+    /// only with an identity read after every write marked so far began.
+    pub fn stamp(&self, identity: &BackingIdentity) -> Result<()> {
+        let mut state = self.state();
+        if state.header.flags & FLAG_STAMPED != 0 && state.header.identity == *identity {
+            return Ok(());
+        }
+        state.header.flags |= FLAG_STAMPED;
+        state.header.identity = *identity;
+        write_header(&state)?;
+        // Not needed for a kill -9 (the page cache survives it); lets the
+        // stamp survive a power loss too.
+        self.sync(&state)
+    }
+
     /// Records a clean shutdown with the backing's identity as it is now
     /// (after its last write and sync): the next open trusts the marks if
     /// the backing still has that identity. A later mark clears it again.
@@ -852,7 +916,12 @@ mod tests {
     }
 
     fn open(dir: &Path, identity: &BackingIdentity) -> ChangeRecord {
-        ChangeRecord::open(dir, "vm1/system", CS, 100 * CS, identity).expect("open")
+        ChangeRecord::open(dir, "vm1/system", CS, 100 * CS, identity, false).expect("open")
+    }
+
+    /// `open` for a backing whose times change with each write.
+    fn open_stamped(dir: &Path, identity: &BackingIdentity) -> ChangeRecord {
+        ChangeRecord::open(dir, "vm1/system", CS, 100 * CS, identity, true).expect("open")
     }
 
     /// Opens, commits a first (full) snapshot and shuts down cleanly: a
@@ -931,6 +1000,49 @@ mod tests {
     }
 
     #[test]
+    fn a_stamp_keeps_the_record_trusted_across_a_crash_unless_the_backing_changed_after_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        trusted(dir.path())
+            .mark_clean_shutdown(&id(1))
+            .expect("clean");
+        // Reopened after a clean shutdown: the open stamps id(1).
+        let record = open_stamped(dir.path(), &id(1));
+        assert!(record.trusted(), "{:?}", record.untrusted_reason());
+        record.before_write(5..6).expect("mark");
+        record.stamp(&id(2)).expect("stamp");
+        drop(record); // a crash: no clean shutdown
+        let record = open_stamped(dir.path(), &id(2));
+        assert!(record.trusted(), "{:?}", record.untrusted_reason());
+        assert_eq!(record.changed(), vec![5..6], "the marks survived the crash");
+        drop(record);
+        // Written after the last stamp (by anyone): not trusted.
+        let record = open_stamped(dir.path(), &id(3));
+        assert!(!record.trusted());
+        assert!(record
+            .untrusted_reason()
+            .is_some_and(|r| r.contains("after its last write")));
+    }
+
+    #[test]
+    fn a_stamp_cannot_vouch_for_a_backing_whose_times_tell_nothing() {
+        // A block device: writes leave its node's times alone.
+        let dir = tempfile::tempdir().expect("tempdir");
+        trusted(dir.path())
+            .mark_clean_shutdown(&id(1))
+            .expect("clean");
+        let record = open(dir.path(), &id(1));
+        assert!(record.trusted());
+        record.before_write(5..6).expect("mark");
+        record.stamp(&id(1)).expect("stamp");
+        drop(record); // a crash
+        let record = open(dir.path(), &id(1));
+        assert!(!record.trusted());
+        assert!(record
+            .untrusted_reason()
+            .is_some_and(|r| r.contains("did not shut down cleanly")));
+    }
+
+    #[test]
     fn an_old_freeze_cannot_commit_over_a_newer_one() {
         let dir = tempfile::tempdir().expect("tempdir");
         let record = trusted(dir.path());
@@ -972,8 +1084,8 @@ mod tests {
         assert_eq!(record.changed(), vec![5..6, 50..51]);
         record.mark_clean_shutdown(&id(1)).expect("clean");
         drop(record);
-        let record =
-            ChangeRecord::open(dir.path(), "vm1/system", CS, 50 * CS + 1, &id(1)).expect("open");
+        let record = ChangeRecord::open(dir.path(), "vm1/system", CS, 50 * CS + 1, &id(1), false)
+            .expect("open");
         assert!(record.trusted());
         record.resize(60 * CS).expect("regrow");
         assert_eq!(record.changed(), vec![5..6, 50..60]);
