@@ -52,7 +52,24 @@ fn try_create(disk: &Path, name: &str) -> Result<(), i32> {
         .map_err(errno)
 }
 
+/// Takes snapshot `name` through `.create`, which returns at the freeze
+/// for a live disk; then waits until the mount has stored it.
 fn create(disk: &Path, name: &str) {
+    create_frozen(disk, name);
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while getxattr(&disk.join(name), "user.snapfs.state").as_deref() != Some("accomplished") {
+        let status = fs::read_to_string(disk.join(".status")).unwrap_or_default();
+        assert!(
+            Instant::now() < deadline && !status.contains(&format!("failed {name}")),
+            "snapshot {name} was not stored; .status:\n{status}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Takes snapshot `name` through `.create` and returns at once (a live
+/// disk's snapshot is then frozen, and perhaps still being stored).
+fn create_frozen(disk: &Path, name: &str) {
     if let Err(errno) = try_create(disk, name) {
         panic!(
             "snapshot {name} failed with errno {errno}; .status:\n{}",
@@ -473,6 +490,118 @@ fn change_record_survives_kill9_unless_the_backing_is_written_after() {
         &fs::read(folder.join("after-outside-write")).expect("read snapshot"),
         &model,
     );
+    mount.unmount();
+}
+
+#[test]
+fn a_live_snapshot_reads_its_freeze_point_at_once_while_it_is_stored() {
+    if !need_fuse("a_live_snapshot_reads_its_freeze_point_at_once_while_it_is_stored") {
+        return;
+    }
+    let fx = Fixture::new();
+    let chunks = 64u64;
+    ok(snapfs(&fx.store).args([
+        "disk",
+        "create",
+        "data",
+        "--size",
+        &(chunks * CHUNK).to_string(),
+    ]));
+    // Storing 2 MiB at 1 MiB/s takes seconds: long enough to read the
+    // snapshot while it is stored.
+    let mount = Mount::start_with(&fx.store, &["--max-rate", "1M"]);
+    let folder = mount.disk("data");
+    let live = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(folder.join("live"))
+        .expect("open live");
+    let mut rng = Rng::new(common::seed_from_env("SNAPFS_SEED"));
+    let mut model = vec![0u8; (chunks * CHUNK) as usize];
+    let write = |model: &mut Vec<u8>, chunk: u64, rng: &mut Rng| {
+        let bytes = rng.bytes(CHUNK as usize);
+        live.write_all_at(&bytes, chunk * CHUNK)
+            .expect("write live");
+        model[(chunk * CHUNK) as usize..((chunk + 1) * CHUNK) as usize].copy_from_slice(&bytes);
+    };
+    for chunk in 0..4 {
+        write(&mut model, chunk * 16, &mut rng);
+    }
+    create(&folder, "base");
+    // Half the disk changes; the snapshot stores those 32 chunks.
+    for chunk in (0..chunks).step_by(2) {
+        write(&mut model, chunk, &mut rng);
+    }
+    let at_freeze = model.clone();
+    create_frozen(&folder, "frozen");
+    let image = folder.join("frozen");
+    assert_eq!(
+        getxattr(&image, "user.snapfs.state").as_deref(),
+        Some("progressing"),
+        ".create of a live disk returns at the freeze, before the snapshot is stored"
+    );
+    let early = File::open(&image).expect("open the progressing snapshot");
+    // The guest goes on: stored and not yet stored chunks are overwritten.
+    for chunk in 0..chunks {
+        write(&mut model, chunk, &mut rng);
+    }
+    let mut bytes = vec![0u8; at_freeze.len()];
+    early
+        .read_exact_at(&mut bytes, 0)
+        .expect("read while storing");
+    assert_bytes("the snapshot read while it is stored", &bytes, &at_freeze);
+    // Wait for the outcome, then read again through the same handle.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while getxattr(&image, "user.snapfs.state").as_deref() != Some("accomplished") {
+        assert!(
+            Instant::now() < deadline,
+            "the snapshot was never stored: {}",
+            fs::read_to_string(folder.join(".status")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    early
+        .read_exact_at(&mut bytes, 0)
+        .expect("read after storing");
+    assert_bytes("the same handle after storing", &bytes, &at_freeze);
+    assert_bytes(
+        "the stored snapshot",
+        &fs::read(&image).expect("read stored"),
+        &at_freeze,
+    );
+    drop(early);
+
+    // The CLI through the mount: --no-wait returns at the freeze; without
+    // it the command waits for the stored snapshot.
+    let out = ok(snapfs(&fx.store).args(["snapshot", "create", "data", "quick", "--no-wait"]));
+    assert!(out.contains("frozen"), "{out}");
+    // One snapshot of a disk at a time: the next waits for this one.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while getxattr(&folder.join("quick"), "user.snapfs.state").as_deref() != Some("accomplished") {
+        assert!(Instant::now() < deadline, "quick was never stored");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = ok(snapfs(&fx.store).args(["snapshot", "create", "data", "waited"]));
+    assert!(
+        out.contains("waited") && out.contains("accomplished"),
+        "{out}"
+    );
+    assert_bytes(
+        "a snapshot taken by the CLI",
+        &fs::read(folder.join("waited")).expect("read"),
+        &model,
+    );
+    let refused = common::fails(snapfs(&fx.store).args([
+        "snapshot",
+        "create",
+        "data",
+        "capped",
+        "--no-wait",
+        "--max-rate",
+        "1M",
+    ]));
+    assert!(refused.contains("--no-wait"), "{refused}");
+    drop(live);
     mount.unmount();
 }
 

@@ -25,7 +25,7 @@ use super::store_cmds::{open_export_output, ExportArgs};
 use super::Command;
 use snapfs::catalog::names::{check_any_snapshot_name, check_disk_name, check_snapshot_name};
 use snapfs::control;
-use snapfs::fs::status::StatusReport;
+use snapfs::fs::status::{Outcome, StatusReport};
 use snapfs::snapshot::source::next_data_region;
 use snapfs::store::lock;
 use snapfs::units::format_bytes;
@@ -101,7 +101,12 @@ pub fn run(mnt: &Path, command: Command) -> Result<()> {
             name,
             max_rate: None,
             hooks,
-        }) if !hooks.any() => create(mnt, &disk, &name),
+            no_wait,
+        }) if !hooks.any() => create(mnt, &disk, &name, no_wait),
+        Command::Snapshot(SnapshotCommand::Create { no_wait: true, .. }) => bail!(
+            "--no-wait goes through the disk's .create, which takes no rate cap or hooks: \
+             give those to the mount (snapfs mount --max-rate, --pre-hook) or leave --no-wait out"
+        ),
         Command::Export(args) => export(mnt, args),
         Command::Rollback(args) => control(mnt, args.control_args()?).map_err(|e| {
             let target = args
@@ -315,9 +320,24 @@ fn disk_status(folder: &Path) -> Option<StatusReport> {
     serde_json::from_slice(&value).ok()
 }
 
-fn create(mnt: &Path, disk: &str, name: &str) -> Result<()> {
+/// Takes a snapshot through `.create`. The write returns when the
+/// snapshot is stored, or for a live disk at its freeze: then, unless
+/// `no_wait`, this follows `.status` until the mount has stored it.
+fn create(mnt: &Path, disk: &str, name: &str, no_wait: bool) -> Result<()> {
     check_snapshot_name(name)?;
     let folder = disk_folder(mnt, disk)?;
+    let live = folder.join(snapfs::catalog::names::LIVE_FILE).exists();
+    if no_wait && !live {
+        bail!(
+            "--no-wait: disk {disk} is not live, so its snapshot is the read itself; \
+             leave --no-wait out"
+        );
+    }
+    let running = |folder: &Path| {
+        disk_status(folder)
+            .and_then(|s| s.running)
+            .filter(|r| r.snapshot == name)
+    };
     let done = AtomicBool::new(false);
     let started = std::time::Instant::now();
     let result = std::thread::scope(|scope| {
@@ -326,10 +346,7 @@ fn create(mnt: &Path, disk: &str, name: &str) -> Result<()> {
             let (done, folder) = (&done, &folder);
             scope.spawn(move || {
                 while !done.load(Ordering::Relaxed) {
-                    let percent = disk_status(folder)
-                        .and_then(|s| s.running)
-                        .filter(|r| r.snapshot == name)
-                        .map(|r| r.percent);
+                    let percent = running(folder).map(|r| r.percent);
                     if let Some(percent) = percent {
                         bar.set_position(percent as u64);
                     }
@@ -342,11 +359,42 @@ fn create(mnt: &Path, disk: &str, name: &str) -> Result<()> {
             .write(true)
             .open(folder.join(".create"))
             .and_then(|mut file| file.write_all(format!("{name}\n").as_bytes()));
+        if result.is_ok() && !no_wait {
+            // A live disk's .create returns at the freeze: the mount is
+            // storing it now.
+            while running(&folder).is_some() {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
         done.store(true, Ordering::Relaxed);
         result
     });
-    let outcome = disk_status(&folder).and_then(|s| s.last_about(name).cloned());
+    if no_wait && result.is_ok() {
+        println!(
+            "snapshot {name} of disk {disk} frozen; the mount is storing it \
+             (its file reads it already; see {}/.status)",
+            folder.display()
+        );
+        return Ok(());
+    }
+    let status = disk_status(&folder);
+    let outcome = status.as_ref().and_then(|s| s.last_about(name).cloned());
     match result {
+        // Frozen, then stored (or not) while we followed .status.
+        Ok(()) if live => match outcome {
+            Some(o) if o.outcome == Outcome::Accomplished => {
+                println!("{}", o.line);
+                Ok(())
+            }
+            Some(o) => bail!(
+                "snapshot {name} of disk {disk} failed after its freeze: {}",
+                o.why.unwrap_or(o.line)
+            ),
+            None if status.is_none() => Err(mount_gone(mnt).context(format!(
+                "snapshot {name} of disk {disk} was frozen but may not have been stored"
+            ))),
+            None => bail!("snapshot {name} of disk {disk}: .status tells no outcome"),
+        },
         Ok(()) => {
             let secs = started.elapsed().as_secs_f64();
             match outcome {

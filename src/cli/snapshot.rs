@@ -22,8 +22,9 @@ pub enum SnapshotCommand {
     /// A snapshot is the disk at one moment, or it fails. An image file on XFS or btrfs
     /// is read from a reflink clone (method reflink); with --pre-hook/--post-hook the
     /// read runs between them (method hook); otherwise a disk that changes while it is
-    /// read fails the snapshot as torn and nothing is kept (method checked). See
-    /// SNAPSHOTS OF RUNNING MACHINES in the man page.
+    /// read fails the snapshot as torn and nothing is kept (method checked). A live disk
+    /// is frozen at one instant in its write path (method freeze). See SNAPSHOTS OF
+    /// RUNNING MACHINES in the man page.
     Create {
         /// The disk, as registered (e.g. vm1/system)
         disk: String,
@@ -34,6 +35,10 @@ pub enum SnapshotCommand {
         max_rate: Option<u64>,
         #[command(flatten)]
         hooks: HookArgs,
+        /// Live disk served by a mount: return at the freeze, while the mount goes on storing
+        /// the snapshot (its file reads the frozen content at once; .status shows progress)
+        #[arg(long)]
+        no_wait: bool,
     },
     /// List snapshots: name, disk, created, size, state, bytes added to the store
     List {
@@ -128,7 +133,20 @@ pub fn run(repo: &Repository, command: SnapshotCommand, out: &mut Output) -> Res
             name,
             max_rate,
             hooks,
+            no_wait,
         } => {
+            if no_wait {
+                if !repo.catalog().disk(&disk)?.live {
+                    anyhow::bail!(
+                        "--no-wait: disk {disk} is not live, so its snapshot is the read \
+                         itself; leave --no-wait out"
+                    );
+                }
+                eprintln!(
+                    "no mount serves this store, so nothing writes disk {disk}: \
+                     waiting until the snapshot is stored"
+                );
+            }
             let bar = progress_bar(out.interactive);
             let report = |p: &Progress| {
                 if let Some(bar) = &bar {

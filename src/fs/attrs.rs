@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::{Attr, FileKind, FsError, FsResult, Node, SnapFs, CREATE_FILE_SIZE};
 
-fn ms_to_time(ms: i64) -> SystemTime {
+pub(super) fn ms_to_time(ms: i64) -> SystemTime {
     if ms >= 0 {
         UNIX_EPOCH + Duration::from_millis(ms as u64)
     } else {
@@ -59,6 +59,22 @@ impl SnapFs {
                 let size = self.status_text(disk).len() as u64;
                 self.file_attr(ino, 0o444, size)
             }
+            Node::Progressing { disk, name } => match self.progressing(disk, Some(name)) {
+                Some(view) => self.progressing_attr(ino, &view),
+                None => {
+                    // Stored since: the stored snapshot's attributes.
+                    let record = self.stored_by_name(disk, name)?;
+                    return self
+                        .attr_of(
+                            ino,
+                            &Node::Snapshot {
+                                disk: disk.clone(),
+                                id: record.id,
+                            },
+                        )
+                        .map(|attr| Attr { ino, ..attr });
+                }
+            },
             Node::Snapshot { disk, id } => {
                 let record = self.snapshot_by_id(disk, *id)?;
                 Attr {
@@ -89,7 +105,9 @@ impl SnapFs {
                     self.live_disk(disk)?.set_len(size)?;
                 }
             }
-            Node::Snapshot { .. } => return Err(FsError::new(libc::EROFS)),
+            Node::Snapshot { .. } | Node::Progressing { .. } => {
+                return Err(FsError::new(libc::EROFS))
+            }
             Node::Create(_) | Node::Control | Node::Policy(_)
                 if !changes_other && matches!(size, None | Some(0)) => {}
             _ => return Err(FsError::new(libc::EPERM)),
@@ -128,6 +146,17 @@ impl SnapFs {
                 attrs.extend(self.live_xattrs(disk)?);
                 attrs
             }
+            Node::Progressing { disk, name } => match self.progressing(disk, Some(name)) {
+                Some(view) => self.progressing_xattrs(disk, &view),
+                None => {
+                    let record = self.stored_by_name(disk, name)?;
+                    let node = Node::Snapshot {
+                        disk: disk.clone(),
+                        id: record.id,
+                    };
+                    return self.xattrs(self.inodes.ino(&node));
+                }
+            },
             Node::Snapshot { disk, id } => {
                 let s = self.snapshot_by_id(disk, *id)?;
                 vec![

@@ -21,7 +21,8 @@ pub type ControlHandler = Box<dyn Fn(&[u8]) -> Vec<u8> + Send + Sync>;
 
 impl SnapFs {
     /// One write to `.create` is one snapshot name (a trailing newline is
-    /// dropped); the write returns when the snapshot is accomplished.
+    /// dropped); the write returns when the snapshot is accomplished, or
+    /// for a live disk when it is frozen (its file reads it from then on).
     pub(super) fn create_from_write(&self, disk: &str, data: &[u8]) -> FsResult<()> {
         let text = data.strip_suffix(b"\n").unwrap_or(data);
         let name = match std::str::from_utf8(text) {
@@ -35,6 +36,10 @@ impl SnapFs {
         if let Err(e) = check_snapshot_name(name) {
             self.service.refuse(disk, name, &e.to_string());
             return Err(e.into());
+        }
+        let catalog = self.catalog.get(&self.repo)?;
+        if catalog.disks.iter().any(|d| d.name == disk && d.live) {
+            return self.service.take_snapshot_until_frozen(disk, name);
         }
         self.service
             .take_snapshot(disk, name, Trigger::Create, None, None)

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::prefetch::ReadState;
+use super::progressing_file::ProgressingHandle;
 use super::{FsError, FsResult, Node, Opened, SnapFs};
 use crate::catalog::SnapshotRecord;
 use crate::image::{ImageReader, ReadData};
@@ -35,6 +36,8 @@ pub(super) enum Handle {
     },
     /// `live`: the disk itself (see `live_file.rs`).
     Live(Arc<LiveDisk>),
+    /// A live disk's snapshot before it is stored (`progressing_file.rs`).
+    Progressing(ProgressingHandle),
 }
 
 pub(super) struct HandleTable {
@@ -110,6 +113,25 @@ impl SnapFs {
                 let reader = Arc::new(ImageReader::new(self.repo.clone(), record));
                 let state = Mutex::new(ReadState::default());
                 (Handle::Image { reader, state }, false, true)
+            }
+            Node::Progressing { disk, name } => {
+                if writes {
+                    return Err(FsError::new(libc::EROFS));
+                }
+                match self.progressing(&disk, Some(&name)) {
+                    // The content never changes: the page cache may keep it.
+                    Some(view) => (
+                        Handle::Progressing(self.open_progressing(view)),
+                        false,
+                        true,
+                    ),
+                    None => {
+                        let record = self.stored_by_name(&disk, &name)?;
+                        let reader = Arc::new(ImageReader::new(self.repo.clone(), record));
+                        let state = Mutex::new(ReadState::default());
+                        (Handle::Image { reader, state }, false, true)
+                    }
+                }
             }
             Node::Policy(disk) => {
                 if writes {
@@ -199,6 +221,7 @@ impl SnapFs {
             }
             Handle::Create { .. } => Err(FsError::new(libc::EBADF)),
             Handle::Live(disk) => self.live_read(disk, offset, size),
+            Handle::Progressing(handle) => handle.read(offset, size),
         }
     }
 
@@ -220,6 +243,15 @@ impl SnapFs {
         let handle = self.handles.get(fh)?;
         if let Handle::Live(disk) = handle.as_ref() {
             return self.live_lseek(disk, offset, whence);
+        }
+        if let Handle::Progressing(progressing) = handle.as_ref() {
+            // Where its holes are is known once it is stored: all data.
+            return match whence {
+                _ if offset >= progressing.size() => Err(FsError::new(libc::ENXIO)),
+                libc::SEEK_DATA => Ok(offset),
+                libc::SEEK_HOLE => Ok(progressing.size()),
+                _ => Err(FsError::new(libc::EINVAL)),
+            };
         }
         let Handle::Image { reader, .. } = handle.as_ref() else {
             return Err(FsError::new(libc::EINVAL));

@@ -29,6 +29,12 @@ pub enum Node {
         disk: String,
         id: u64,
     },
+    /// A live disk's snapshot between its freeze and its commit, by name
+    /// (it has no catalog id yet).
+    Progressing {
+        disk: String,
+        name: String,
+    },
 }
 
 #[derive(Default)]

@@ -7,7 +7,8 @@
 //! /                     root: one folder per disk, or per group
 //! /.control             runs CLI commands inside the mount (owner only)
 //! /GROUP/DISK/          a disk's folder
-//! /GROUP/DISK/.create   write a name: take a snapshot (returns when done)
+//! /GROUP/DISK/.create   write a name: take a snapshot (returns when done;
+//!                       for a live disk, at the freeze)
 //! /GROUP/DISK/.policy   the disk's policy; write settings to change it
 //! /GROUP/DISK/.status   the running snapshot and recent outcomes
 //! /GROUP/DISK/live      a live disk itself, read-write
@@ -22,6 +23,7 @@
 //! | `attrs.rs` | stat attributes, xattrs, statfs |
 //! | `handles.rs` | the handle table; open, read, write, lseek, release |
 //! | `live_file.rs` | `DISK/live` of a live disk: I/O through its `LiveDisk` |
+//! | `progressing_file.rs` | a live disk's snapshot readable from its freeze, before it is stored |
 //! | `control_files.rs` | `.create`, `.policy` and `.control` contents |
 //! | `service.rs` | the snapshot service: the one "running" check, `.status` |
 //! | `status.rs` | what `.status` and `user.snapfs.status` show |
@@ -38,6 +40,7 @@ mod inodes;
 mod live_file;
 mod nodes;
 mod prefetch;
+mod progressing_file;
 pub mod service;
 pub mod status;
 

@@ -30,6 +30,14 @@ impl SnapFs {
         self.handles.open_snapshot(id).ok_or_else(missing)
     }
 
+    /// A snapshot by name in the catalog (a progressing one once stored).
+    pub(super) fn stored_by_name(&self, disk: &str, name: &str) -> FsResult<SnapshotRecord> {
+        let catalog = self.catalog.get(&self.repo)?;
+        catalog
+            .find_snapshot(disk, |s| s.name == name)
+            .ok_or_else(missing)
+    }
+
     fn child(&self, parent: &Node, name: &str) -> FsResult<Node> {
         let catalog = self.catalog.get(&self.repo)?;
         match parent {
@@ -62,13 +70,18 @@ impl SnapFs {
                     Ok(Node::Live(disk.clone()))
                 }
                 _ => {
-                    let record = catalog
-                        .find_snapshot(disk, |s| s.name == name)
-                        .ok_or_else(missing)?;
-                    Ok(Node::Snapshot {
-                        disk: disk.clone(),
-                        id: record.id,
-                    })
+                    if let Some(record) = catalog.find_snapshot(disk, |s| s.name == name) {
+                        return Ok(Node::Snapshot {
+                            disk: disk.clone(),
+                            id: record.id,
+                        });
+                    }
+                    self.progressing(disk, Some(name))
+                        .map(|_| Node::Progressing {
+                            disk: disk.clone(),
+                            name: name.to_string(),
+                        })
+                        .ok_or_else(missing)
                 }
             },
             _ => Err(FsError::new(libc::ENOTDIR)),
@@ -128,12 +141,24 @@ impl SnapFs {
                 if catalog.disks.iter().any(|d| d.name == *disk && d.live) {
                     add(Node::Live(disk.clone()), FileKind::File, LIVE_FILE);
                 }
-                for record in catalog.snapshots.get(disk).into_iter().flatten() {
+                let snapshots = catalog.snapshots.get(disk);
+                for record in snapshots.into_iter().flatten() {
                     let node = Node::Snapshot {
                         disk: disk.clone(),
                         id: record.id,
                     };
                     add(node, FileKind::File, &record.name);
+                }
+                // Listed once: a stored one is in the catalog already.
+                if let Some(view) = self.progressing(disk, None) {
+                    let stored = snapshots.is_some_and(|s| s.iter().any(|r| r.name == view.name()));
+                    if !stored {
+                        let node = Node::Progressing {
+                            disk: disk.clone(),
+                            name: view.name().to_string(),
+                        };
+                        add(node, FileKind::File, view.name());
+                    }
                 }
             }
             _ => return Err(FsError::new(libc::ENOTDIR)),
@@ -151,6 +176,8 @@ impl SnapFs {
                 Ok(())
             }
             Node::Group(_) | Node::Disk(_) => Err(FsError::new(libc::EISDIR)),
+            // Not stored yet: nothing to delete; EBUSY says "wait".
+            Node::Progressing { .. } => Err(FsError::new(libc::EBUSY)),
             _ => Err(FsError::new(libc::EPERM)),
         }
     }

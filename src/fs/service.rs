@@ -66,6 +66,58 @@ impl SnapshotService {
         max_rate: Option<u64>,
         hooks: Option<&Hooks>,
     ) -> FsResult<SnapshotRecord> {
+        self.take_snapshot_with(disk, name, trigger, max_rate, hooks, None)
+    }
+
+    /// `.create` of a live disk: returns once the snapshot is frozen and
+    /// its image file reads the frozen content, and goes on storing it in
+    /// a thread of its own. A failure before the freeze (a refused name,
+    /// EBUSY, a failing pre-hook) is returned; a later one shows in
+    /// `.status` and the log, like every outcome.
+    pub fn take_snapshot_until_frozen(self: &Arc<Self>, disk: &str, name: &str) -> FsResult<()> {
+        let (sender, receiver) = std::sync::mpsc::channel::<Option<FsResult<()>>>();
+        let service = self.clone();
+        let (disk, name) = (disk.to_string(), name.to_string());
+        let spawned = std::thread::Builder::new()
+            .name("snapfs-live-snapshot".into())
+            .spawn(move || {
+                let frozen = std::sync::Mutex::new(sender.clone());
+                let on_frozen = move || {
+                    let sender = frozen.lock().unwrap_or_else(|e| e.into_inner());
+                    let _ = sender.send(None);
+                };
+                let result = service.take_snapshot_with(
+                    &disk,
+                    &name,
+                    Trigger::Create,
+                    None,
+                    None,
+                    Some(&on_frozen),
+                );
+                // Nobody listens any more once frozen: that is fine.
+                let _ = sender.send(Some(result.map(|_| ())));
+            });
+        if let Err(e) = spawned {
+            return Err(
+                super::FsError::from(e).context("cannot start a snapshot thread".to_string())
+            );
+        }
+        match receiver.recv() {
+            Ok(None) => Ok(()),
+            Ok(Some(result)) => result,
+            Err(_) => Err(super::FsError::new(libc::EIO)),
+        }
+    }
+
+    fn take_snapshot_with(
+        &self,
+        disk: &str,
+        name: &str,
+        trigger: Trigger,
+        max_rate: Option<u64>,
+        hooks: Option<&Hooks>,
+        on_frozen: Option<&(dyn Fn() + Sync)>,
+    ) -> FsResult<SnapshotRecord> {
         // Checked and marked at once: of two writers racing here one is
         // refused, and the running one keeps its progress line.
         let running = match self.repo.running().start(disk) {
@@ -91,6 +143,7 @@ impl SnapshotService {
             automatic: trigger == Trigger::Policy,
             max_rate: max_rate.or(self.options.max_rate),
             hooks: hooks.unwrap_or(&self.options.hooks).clone(),
+            on_frozen,
             ..CreateOptions::default()
         };
         let started = Instant::now();

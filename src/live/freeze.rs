@@ -10,9 +10,11 @@
 //! time of two fdatasyncs of the record file.
 //!
 //! Copies live in memory up to [`LiveOptions::copy_memory`] bytes, then in
-//! an unlinked spill file in [`LiveOptions::spill_dir`]; a copy is dropped
-//! as soon as the snapshot has read its chunk, and all of them when the
-//! [`Frozen`] goes.
+//! an unlinked spill file in [`LiveOptions::spill_dir`]. They are kept
+//! until the [`Frozen`] goes (the snapshot is stored or abandoned): the
+//! snapshot's image file reads the frozen content meanwhile (see
+//! [`super::progressing`]), so a chunk the pipeline has stored already is
+//! still copied before a write overwrites it.
 //!
 //! This module never reads or writes the store; it owns no catalog state.
 
@@ -25,6 +27,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 
+use super::progressing::Progressing;
 use super::record::{BackingIdentity, ChangeRecord, FrozenMarks};
 use super::{chunks_of, read_zero_filled};
 use crate::catalog::SnapshotRecord;
@@ -75,6 +78,8 @@ pub struct LiveDisk {
     copy_memory: u64,
     /// Writes ended since the record last stamped the backing's identity.
     unstamped: AtomicBool,
+    /// The snapshot being stored, readable at its freeze point.
+    progressing: Mutex<Option<Arc<Progressing>>>,
 }
 
 /// How often the stamper looks for writes to stamp: a kill -9 within
@@ -129,6 +134,7 @@ impl LiveDisk {
             spill_dir: options.spill_dir.clone(),
             copy_memory: options.copy_memory,
             unstamped: AtomicBool::new(false),
+            progressing: Mutex::new(None),
         });
         if stamps {
             start_stamper(Arc::downgrade(&disk));
@@ -192,6 +198,12 @@ impl LiveDisk {
 
     pub fn size(&self) -> u64 {
         *lock(&self.size)
+    }
+
+    /// The snapshot of this disk being stored, if one is frozen and
+    /// published (its image file reads the frozen content).
+    pub fn progressing(&self) -> Option<Arc<Progressing>> {
+        lock(&self.progressing).clone()
     }
 
     fn current_copies(&self) -> Option<Arc<Copies>> {
@@ -365,17 +377,19 @@ impl LiveDisk {
             self.copy_memory,
         ));
         *self.copies.write().unwrap_or_else(|e| e.into_inner()) = Some(copies.clone());
-        let parent = match (&full_read, parent) {
-            (None, Some(p)) => Some(Parent::from(p)),
+        let parent_record = match (&full_read, parent) {
+            (None, Some(p)) => Some(p.clone()),
             _ => None,
         };
         Ok(Frozen {
             disk: self.clone(),
             copies,
             marks,
-            parent,
+            parent: parent_record.as_ref().map(Parent::from),
+            parent_record,
             size,
             full_read,
+            published: None,
         })
     }
 
@@ -431,8 +445,11 @@ pub struct Frozen {
     pub(super) copies: Arc<Copies>,
     marks: FrozenMarks,
     pub(super) parent: Option<Parent>,
+    parent_record: Option<SnapshotRecord>,
     pub(super) size: u64,
     full_read: Option<String>,
+    /// The image file that reads this point in time, once published.
+    published: Option<Arc<Progressing>>,
 }
 
 impl Frozen {
@@ -477,6 +494,22 @@ impl Frozen {
         self.copies.stats()
     }
 
+    /// Makes the frozen point in time readable as snapshot `name` (state
+    /// progressing) until it is stored or abandoned; returns it.
+    pub fn publish(&mut self, name: &str, created_ms: i64) -> Arc<Progressing> {
+        let progressing = Arc::new(Progressing::new(
+            name,
+            created_ms,
+            self.size,
+            self.disk.clone(),
+            self.copies.clone(),
+            self.parent_record.clone(),
+        ));
+        *lock(&self.disk.progressing) = Some(progressing.clone());
+        self.published = Some(progressing.clone());
+        progressing
+    }
+
     /// The snapshot of this freeze is stored as `snapshot`: makes the
     /// backing durable, then tells the record to count from `snapshot`,
     /// and drops the copies.
@@ -488,12 +521,25 @@ impl Frozen {
             )));
         }
         self.disk.sync()?;
-        self.disk.record.commit(&self.marks, snapshot.id)
+        self.disk.record.commit(&self.marks, snapshot.id)?;
+        // Readers of the image file go on from the stored snapshot; only
+        // then may the copies go (when `self` drops).
+        if let Some(progressing) = &self.published {
+            progressing.stored(snapshot.clone());
+        }
+        Ok(())
     }
 }
 
 impl Drop for Frozen {
     fn drop(&mut self) {
+        if let Some(progressing) = self.published.take() {
+            progressing.end("the snapshot did not finish");
+            let mut slot = lock(&self.disk.progressing);
+            if slot.as_ref().is_some_and(|p| Arc::ptr_eq(p, &progressing)) {
+                *slot = None;
+            }
+        }
         let mut slot = self.disk.copies.write().unwrap_or_else(|e| e.into_inner());
         if slot.as_ref().is_some_and(|c| Arc::ptr_eq(c, &self.copies)) {
             *slot = None;
@@ -594,21 +640,15 @@ fn set_bit(bits: &[AtomicU64], c: u64) {
     bits[(c / 64) as usize].fetch_or(1 << (c % 64), Ordering::AcqRel);
 }
 
-fn clear_bit(bits: &[AtomicU64], c: u64) {
-    bits[(c / 64) as usize].fetch_and(!(1 << (c % 64)), Ordering::AcqRel);
-}
-
 /// The frozen chunks of a running snapshot and the bytes copied aside.
 pub(crate) struct Copies {
     chunk_size: u64,
     size: u64,
     chunks: u64,
-    /// The chunks the snapshot reads, fixed at the freeze.
+    /// The chunks the snapshot reads, fixed at the freeze: a write to one
+    /// copies it first, once.
     frozen: Vec<u64>,
-    /// Frozen chunks the snapshot has not read yet: a write to one
-    /// copies it first.
-    pending: Vec<AtomicU64>,
-    /// Pending chunks whose frozen bytes are in `store`, not the backing.
+    /// Frozen chunks whose frozen bytes are in `store`, not the backing.
     copied: Vec<AtomicU64>,
     stripes: Vec<Mutex<()>>,
     store: Mutex<CopyStore>,
@@ -634,7 +674,6 @@ impl Copies {
             chunk_size,
             size,
             chunks,
-            pending: frozen.iter().map(|w| AtomicU64::new(*w)).collect(),
             copied: (0..words).map(|_| AtomicU64::new(0)).collect(),
             frozen,
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
@@ -681,14 +720,14 @@ impl Copies {
     }
 
     /// Before chunks `chunks` of the backing are overwritten: copies aside
-    /// those the snapshot still needs.
+    /// the frozen ones not copied yet.
     fn before_write(&self, backing: &File, chunks: Range<u64>) -> Result<()> {
         for c in chunks.start..chunks.end.min(self.chunks) {
-            if !get_bit(&self.pending, c) || get_bit(&self.copied, c) {
+            if !self.is_frozen(c) || get_bit(&self.copied, c) {
                 continue;
             }
             let _stripe = self.lock_stripe(self.stripe(c));
-            if !get_bit(&self.pending, c) || get_bit(&self.copied, c) {
+            if get_bit(&self.copied, c) {
                 continue;
             }
             let mut bytes = vec![0u8; self.chunk_len(c)];
@@ -737,15 +776,14 @@ impl Copies {
         Ok(())
     }
 
-    /// Takes the copy of chunk `c` into `out` and drops it.
-    fn take(&self, c: u64, out: &mut [u8]) -> Result<()> {
-        let mut store = lock(&self.store);
-        if let Some(bytes) = store.memory.remove(&c) {
-            store.stats.memory_bytes -= bytes.len() as u64;
-            out.copy_from_slice(&bytes);
+    /// Fills `out` from the copy of chunk `c`.
+    fn get(&self, c: u64, out: &mut [u8]) -> Result<()> {
+        let store = lock(&self.store);
+        if let Some(bytes) = store.memory.get(&c) {
+            out.copy_from_slice(bytes);
             return Ok(());
         }
-        let Some((slot, len)) = store.spilled.remove(&c) else {
+        let Some(&(slot, len)) = store.spilled.get(&c) else {
             return Err(Error::Invalid(format!("the copy of chunk {c} is missing")));
         };
         if let Some(spill) = &store.spill {
@@ -753,47 +791,25 @@ impl Copies {
                 .read_exact_at(&mut out[..len], slot * self.chunk_size)
                 .context(|| format!("cannot read a spilled copy of chunk {c}"))?;
         }
-        store.stats.spilled_bytes -= len as u64;
-        store.free_slots.push(slot);
         Ok(())
     }
 
     /// Reads frozen chunk `c` into `out` (its frozen length): from its copy
-    /// or the backing. The caller holds the chunk's stripe. The chunk then
-    /// counts as read: later writes copy nothing.
+    /// or the backing. The caller holds the chunk's stripe.
     pub(crate) fn read_chunk(&self, backing: &File, c: u64, out: &mut [u8]) -> Result<()> {
         if get_bit(&self.copied, c) {
-            self.take(c, out)?;
-            clear_bit(&self.copied, c);
-        } else if get_bit(&self.pending, c) {
+            self.get(c, out)
+        } else if self.is_frozen(c) {
             read_zero_filled(backing, out, c * self.chunk_size)
-                .context(|| format!("read of frozen chunk {c}"))?;
+                .context(|| format!("read of frozen chunk {c}"))
         } else {
-            return Err(Error::Invalid(format!(
-                "chunk {c} is not frozen or was read already"
-            )));
+            Err(Error::Invalid(format!("chunk {c} is not frozen")))
         }
-        clear_bit(&self.pending, c);
-        Ok(())
     }
 
-    /// The snapshot will not read chunks `chunks` (holes of the backing in a
-    /// full read): writes to them need no copy.
-    pub(crate) fn skip(&self, chunks: Range<u64>) {
-        for c in chunks.start..chunks.end.min(self.chunks) {
-            if !get_bit(&self.pending, c) {
-                continue;
-            }
-            let _stripe = self.lock_stripe(self.stripe(c));
-            clear_bit(&self.pending, c);
-            if get_bit(&self.copied, c) {
-                // Copied after the caller looked: the hole it saw is the
-                // frozen content, the copy is not needed.
-                let mut scratch = vec![0u8; self.chunk_len(c)];
-                let _ = self.take(c, &mut scratch);
-                clear_bit(&self.copied, c);
-            }
-        }
+    /// The frozen length of chunk `c`.
+    pub(crate) fn frozen_len(&self, c: u64) -> usize {
+        self.chunk_len(c)
     }
 }
 

@@ -7,6 +7,7 @@
 //! | [`record`] | the persistent change record: which chunks changed since the last snapshot, durable before a write proceeds | reads or writes the backing |
 //! | [`freeze`] | [`LiveDisk`]: the write path (guards, marks, copy-before-write), the freeze point, the copies | knows the store |
 //! | [`source`] | [`FrozenSource`]: a frozen point in time as a [`ChunkSource`](crate::snapshot::source::ChunkSource) | writes |
+//! | [`progressing`] | [`Progressing`]: the snapshot's image file between freeze and commit, reading the frozen content | reads the store |
 //! | [`table`] | [`LiveDisks`]: the live disks a process has open, each once | does I/O itself |
 //!
 //! # The write path and a snapshot
@@ -17,8 +18,10 @@
 //!             -> copy-before-write (only chunks a running snapshot still needs)
 //!           pwrite on the backing; drop the guard
 //! snapshot: LiveDisk::freeze(parent) -- waits for writes in flight, swaps the marks
+//!           Frozen::publish(name) -- the image file reads the frozen content from now on
 //!           create_from(.., &frozen.source(), ..) -- reads frozen chunks: copies or backing
-//!           Frozen::committed(&record) -- the record now counts from the new snapshot
+//!           Frozen::committed(&record) -- the record now counts from the new snapshot;
+//!                                         readers go on from the stored snapshot
 //! ```
 //!
 //! ```ignore
@@ -42,11 +45,13 @@
 //! Order: gate, then record, then stripe, then the copies' map.
 
 pub mod freeze;
+pub mod progressing;
 pub mod record;
 pub mod source;
 pub mod table;
 
 pub use freeze::{CopyStats, Frozen, LiveDisk, LiveOptions, WriteGuard};
+pub use progressing::{ProgressRead, Progressing};
 pub use record::{BackingIdentity, ChangeRecord, FrozenMarks};
 pub use source::FrozenSource;
 pub use table::LiveDisks;

@@ -57,10 +57,8 @@ impl FrozenSource<'_> {
         let data = next_data_region(self.frozen.disk.backing(), from * cs, size);
         let data_chunk = data.map_or(copies.chunks(), |(start, _)| start / cs);
         if let Some(copied) = (from..data_chunk).find(|c| copies.is_copied(*c)) {
-            copies.skip(from..copied);
             return Some(self.range_of(copied..copied + 1));
         }
-        copies.skip(from..data_chunk);
         let (_, end) = data?;
         Some(self.range_of(data_chunk..end.div_ceil(cs)))
     }
@@ -91,8 +89,7 @@ impl ChunkSource for FrozenSource<'_> {
     }
 
     /// Reads whole frozen chunks (the pipeline's reads): `offset` on a
-    /// chunk boundary, `buf` whole chunks or up to the frozen end. Each
-    /// chunk is read once; it then counts as stored.
+    /// chunk boundary, `buf` whole chunks or up to the frozen end.
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         let cs = self.chunk_size();
         let size = self.frozen.size;

@@ -77,6 +77,9 @@ pub struct CreateOptions<'a> {
     pub hooks: Hooks,
     /// Read a reflink clone of a source file where its filesystem can make one.
     pub reflink: bool,
+    /// Called once a live disk's snapshot is frozen and its image file
+    /// reads the frozen content (the point `.create` returns at).
+    pub on_frozen: Option<&'a (dyn Fn() + Sync)>,
 }
 
 impl Default for CreateOptions<'_> {
@@ -91,6 +94,7 @@ impl Default for CreateOptions<'_> {
             idle_io: true,
             hooks: Hooks::default(),
             reflink: true,
+            on_frozen: None,
         }
     }
 }
@@ -173,6 +177,7 @@ pub fn create_marked(
             source: &disk.source,
             method: Some(method),
             after_read: &run_post,
+            created_ms: None,
         };
         take_snapshot(repo, &disk.name, name, &source, options, origin)
     })();
@@ -194,6 +199,7 @@ pub fn create_from(
         source: source.path(),
         method: None,
         after_read: &|| Ok(()),
+        created_ms: None,
     };
     repo.catalog()
         .disk(running.disk())
@@ -230,8 +236,13 @@ fn create_live(
     // The freeze holds the point in time: the guest may go on. The
     // post-hook runs whatever happened, a failed pre-hook included.
     let thawed = hooks.run_post(&context);
-    let frozen = frozen?;
+    let mut frozen = frozen?;
     thawed?;
+    let frozen_at_ms = now_ms();
+    frozen.publish(name, frozen_at_ms);
+    if let Some(on_frozen) = options.on_frozen {
+        on_frozen();
+    }
     if let Some(why) = frozen.full_read_reason() {
         log::info!(
             "snapshot {name} of live disk {}: reading it whole: {why}",
@@ -242,6 +253,7 @@ fn create_live(
         source: &disk.source,
         method: Some(CaptureMethod::Freeze),
         after_read: &|| Ok(()),
+        created_ms: Some(frozen_at_ms),
     };
     let record = take_snapshot(repo, &disk.name, name, &frozen.source(), options, origin)?;
     frozen.committed(&record)?;
@@ -254,6 +266,9 @@ struct Origin<'a> {
     source: &'a std::path::Path,
     method: Option<CaptureMethod>,
     after_read: &'a dyn Fn() -> Result<()>,
+    /// The snapshot's moment when it is not the start of the read (a
+    /// live disk's freeze).
+    created_ms: Option<i64>,
 }
 
 fn check_name(repo: &Repository, disk: &str, name: &str, automatic: bool) -> Result<()> {
@@ -275,7 +290,7 @@ fn take_snapshot(
 ) -> Result<SnapshotRecord> {
     let (store, catalog) = (repo.store(), repo.catalog());
 
-    let created_ms = now_ms();
+    let created_ms = origin.created_ms.unwrap_or_else(now_ms);
     let chunk_size = store.chunk_size();
     let size = source.size();
     let chunks = size.div_ceil(chunk_size);
