@@ -56,6 +56,11 @@ fn try_create(disk: &Path, name: &str) -> Result<(), i32> {
 /// for a live disk; then waits until the mount has stored it.
 fn create(disk: &Path, name: &str) {
     create_frozen(disk, name);
+    wait_stored(disk, name);
+}
+
+/// Waits until the mount has stored snapshot `name` of the disk folder.
+fn wait_stored(disk: &Path, name: &str) {
     let deadline = Instant::now() + Duration::from_secs(300);
     while getxattr(&disk.join(name), "user.snapfs.state").as_deref() != Some("accomplished") {
         let status = fs::read_to_string(disk.join(".status")).unwrap_or_default();
@@ -109,6 +114,47 @@ fn assert_bytes(what: &str, got: &[u8], want: &[u8]) {
     }
 }
 
+/// One random change through the live file, applied to `model` too: a
+/// write, a discard or write-zeroes, a growth by truncate, or a write past
+/// the end.
+fn random_op(live: &File, model: &mut Vec<u8>, rng: &mut Rng) {
+    let size = model.len() as u64;
+    match rng.below(10) {
+        0..=5 => {
+            let at = rng.below(size);
+            let len = 1 + rng.below((size - at).min(300_000));
+            let data = rng.bytes(len as usize);
+            live.write_all_at(&data, at).expect("pwrite");
+            model[at as usize..(at + len) as usize].copy_from_slice(&data);
+        }
+        6 | 7 => {
+            let at = rng.below(size);
+            let len = 1 + rng.below((size - at).min(500_000));
+            let mode = if rng.below(2) == 0 {
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE
+            } else {
+                libc::FALLOC_FL_ZERO_RANGE
+            };
+            fallocate(live, mode, at, len);
+            model[at as usize..(at + len) as usize].fill(0);
+        }
+        8 => {
+            let to = size + rng.below(400_000);
+            live.set_len(to).expect("grow");
+            model.resize(to as usize, 0);
+        }
+        _ => {
+            // A write past the end grows the disk.
+            let at = size + rng.below(100_000);
+            let len = 1 + rng.below(70_000) as usize;
+            let data = rng.bytes(len);
+            live.write_all_at(&data, at).expect("pwrite past the end");
+            model.resize(at as usize + data.len(), 0);
+            model[at as usize..].copy_from_slice(&data);
+        }
+    }
+}
+
 #[test]
 fn snapshots_through_the_live_file_equal_the_disk_at_their_create() {
     if !need_fuse("snapshots_through_the_live_file_equal_the_disk_at_their_create") {
@@ -137,41 +183,7 @@ fn snapshots_through_the_live_file_equal_the_disk_at_their_create() {
     let mut rng = Rng::new(common::seed_from_env("SNAPFS_SEED"));
     for round in 0..6 {
         for _ in 0..8 {
-            let size = model.len() as u64;
-            match rng.below(10) {
-                0..=5 => {
-                    let at = rng.below(size);
-                    let len = 1 + rng.below((size - at).min(300_000));
-                    let data = rng.bytes(len as usize);
-                    live.write_all_at(&data, at).expect("pwrite");
-                    model[at as usize..(at + len) as usize].copy_from_slice(&data);
-                }
-                6 | 7 => {
-                    let at = rng.below(size);
-                    let len = 1 + rng.below((size - at).min(500_000));
-                    let mode = if rng.below(2) == 0 {
-                        libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE
-                    } else {
-                        libc::FALLOC_FL_ZERO_RANGE
-                    };
-                    fallocate(&live, mode, at, len);
-                    model[at as usize..(at + len) as usize].fill(0);
-                }
-                8 => {
-                    let to = size + rng.below(400_000);
-                    live.set_len(to).expect("grow");
-                    model.resize(to as usize, 0);
-                }
-                _ => {
-                    // A write past the end grows the disk.
-                    let at = size + rng.below(100_000);
-                    let len = 1 + rng.below(70_000) as usize;
-                    let data = rng.bytes(len);
-                    live.write_all_at(&data, at).expect("pwrite past the end");
-                    model.resize(at as usize + data.len(), 0);
-                    model[at as usize..].copy_from_slice(&data);
-                }
-            }
+            random_op(&live, &mut model, &mut rng);
         }
         live.sync_all().expect("fsync live");
         let name = format!("s{round}");
@@ -253,6 +265,121 @@ fn snapshots_through_the_live_file_equal_the_disk_at_their_create() {
     assert_bytes(
         "the backing",
         &fs::read(backing).expect("read backing"),
+        &model,
+    );
+}
+
+/// Random changes through the live file interleaved with snapshots, some
+/// still being stored while the changes go on, and kill -9 of the mount
+/// between steps (sometimes after the change record stamped the backing,
+/// sometimes at once): every snapshot equals the model at its freeze.
+#[test]
+fn live_snapshots_equal_the_model_at_their_freeze_across_kill9() {
+    if !need_fuse("live_snapshots_equal_the_model_at_their_freeze_across_kill9") {
+        return;
+    }
+    let fx = Fixture::new();
+    let backing = fx.path("prop.img");
+    fs::write(&backing, vec![0u8; 2 << 20]).expect("backing");
+    ok(snapfs(&fx.store)
+        .args(["disk", "add", "prop"])
+        .arg(&backing)
+        .arg("--live"));
+    let record = fx.store.join("live").join("prop.changes");
+    let seed = common::seed_from_env("SNAPFS_SEED");
+    eprintln!("seed {seed} (SNAPFS_SEED reruns it)");
+    let mut rng = Rng::new(seed);
+    let mut model = vec![0u8; 2 << 20];
+    let mut taken: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut mount = Mount::start_with(&fx.store, &["--max-rate", "4M"]);
+    let open_live = |mount: &Mount| {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(mount.disk("prop").join("live"))
+            .expect("open live")
+    };
+    let mut live = open_live(&mount);
+    for step in 0..12 {
+        for _ in 0..1 + rng.below(6) {
+            random_op(&live, &mut model, &mut rng);
+        }
+        match rng.below(5) {
+            4 => {
+                // kill -9 while a snapshot is being stored: it is stored
+                // whole (and exact) or not at all.
+                let name = format!("k{step}");
+                create_frozen(&mount.disk("prop"), &name);
+                drop(live);
+                mount.kill9();
+                mount.remount();
+                live = open_live(&mount);
+                let image = mount.disk("prop").join(&name);
+                let kept = image.exists();
+                eprintln!("step {step}: kill -9 while {name} was stored; kept: {kept}");
+                if kept {
+                    taken.push((name, model.clone()));
+                }
+            }
+            0 => {
+                // kill -9, now or once the record has stamped the backing.
+                live.sync_all().expect("fsync live");
+                let stamped = rng.below(2) == 0;
+                if stamped {
+                    wait_stamped(&record, &backing);
+                }
+                let trusted_before = getxattr(&mount.disk("prop"), "user.snapfs.record_trusted");
+                drop(live);
+                mount.kill9();
+                mount.remount();
+                live = open_live(&mount);
+                let trusted = getxattr(&mount.disk("prop"), "user.snapfs.record_trusted");
+                eprintln!("step {step}: kill -9 (stamped first: {stamped}), trusted {trusted:?}");
+                if stamped {
+                    assert_eq!(trusted, trusted_before, "a stamped record after kill -9");
+                }
+            }
+            1 => {
+                // Frozen, then changed while it is stored.
+                let name = format!("p{step}");
+                create_frozen(&mount.disk("prop"), &name);
+                taken.push((name.clone(), model.clone()));
+                for _ in 0..1 + rng.below(4) {
+                    random_op(&live, &mut model, &mut rng);
+                }
+                let (_, at_freeze) = taken.last().expect("just taken");
+                assert_bytes(
+                    &format!("snapshot {name} while stored"),
+                    &fs::read(mount.disk("prop").join(&name)).expect("read"),
+                    at_freeze,
+                );
+                wait_stored(&mount.disk("prop"), &name);
+                create(&mount.disk("prop"), &format!("{name}-after"));
+                taken.push((format!("{name}-after"), model.clone()));
+            }
+            _ => {
+                let name = format!("s{step}");
+                create(&mount.disk("prop"), &name);
+                taken.push((name, model.clone()));
+            }
+        }
+    }
+    // Every snapshot still holds its freeze point, across the kills.
+    let folder = mount.disk("prop");
+    for (name, at_freeze) in &taken {
+        wait_stored(&folder, name);
+        assert_bytes(
+            &format!("snapshot {name}"),
+            &fs::read(folder.join(name)).expect("read snapshot"),
+            at_freeze,
+        );
+    }
+    assert!(!taken.is_empty());
+    drop(live);
+    mount.unmount();
+    assert_bytes(
+        "the backing after unmount",
+        &fs::read(&backing).expect("read backing"),
         &model,
     );
 }
