@@ -30,39 +30,6 @@ BENCH_FIO_RUNTIME=${BENCH_FIO_RUNTIME:-10}
 BENCH_COMPARE_RESULTS=${BENCH_COMPARE_RESULTS:-$SCRIPT_DIR/results-compare-latest.md}
 SNAPFS_BASELINE=${SNAPFS_BASELINE:-}
 
-# T[tag|step] = space-separated seconds (or IOPS) of every round.
-declare -A T=()
-note() { T["$1|$2"]="${T["$1|$2"]:-} $3"; }
-
-# mount_with BIN STORE MNT: start a mount in the background, wait until it serves.
-mount_with() {
-    local bin=$1 store=$2 mnt=$3 i
-    mkdir -p "$mnt"
-    "$bin" --store "$store" mount "$mnt" >>"$LOG_DIR/mount.log" 2>&1 &
-    MOUNT_PID=$!
-    push_undo pid "$MOUNT_PID"
-    push_undo snapfs "$mnt"
-    for ((i = 0; i < 600; i++)); do
-        [[ -e $mnt/vm1 ]] && return 0
-        kill -0 "$MOUNT_PID" 2>/dev/null || break
-        sleep 0.1
-    done
-    die "the mount of $store on $mnt did not come up (log: $LOG_DIR/mount.log)"
-}
-
-unmount_with() {
-    local mnt=$1
-    SNAPFS_STORE=$2 release snapfs "$mnt"
-    release pid "$MOUNT_PID"
-}
-
-# measure TAG STEP NAME CMD...: cold cache, run CMD, note its wall seconds.
-measure() {
-    local tag=$1 step=$2; shift 2
-    timed "$@"
-    note "$tag" "$step" "$T_S"
-}
-
 # engine_round TAG BIN ROUND
 engine_round() {
     local tag=$1 bin=$2 n=$3 dir="$RUN/$1" store="$RUN/$1/store-$3"
@@ -103,30 +70,10 @@ mount_round() {
     measure "$tag" data "$tag-$n-data" "$PYTHON" "$SCRIPT_DIR/read-data.py" "$f"
     unmount_with "$mnt" "$store"
     mount_with "$bin" "$store" "$mnt"
-    drop_caches
-    fio --name=randread --filename="$f" --readonly --rw=randread --bs=4k --ioengine=psync \
-        --direct=0 --size="$(stat -c %s "$f")" --runtime="$BENCH_FIO_RUNTIME" --time_based \
-        --numjobs=4 --group_reporting --output-format=json >"$LOG_DIR/$tag-$n-fio.json" 2>>"$LOG_DIR/fio.log"
-    local iops
-    iops=$("$PYTHON" -c '
-import json, sys
-t = open(sys.argv[1]).read()
-print("%.0f" % json.loads(t[t.index("{"):])["jobs"][0]["read"]["iops"])' "$LOG_DIR/$tag-$n-fio.json")
-    note "$tag" fio4 "$iops"
+    note "$tag" fio4 "$(fio_randread_iops "$f" 4 "$tag-$n-fio")"
     unmount_with "$mnt" "$store"
     rm -rf "$store"
 }
-
-# stat_of TAG STEP -> "median (min-max)"
-stat_of() {
-    # shellcheck disable=SC2086
-    printf '%s\n' ${T["$1|$2"]:-} | sort -g | awk '
-        { v[NR] = $1 }
-        END { if (NR == 0) { print "-"; exit }
-              m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
-              printf "%g (%g-%g)", m, v[1], v[NR] }'
-}
-median_of() { stat_of "$1" "$2" | cut -d' ' -f1; }
 
 report() {
     local step label unit

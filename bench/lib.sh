@@ -169,18 +169,19 @@ rate() {  # rate BYTES SECONDS -> MB/s
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 
 # timed NAME CMD...: cold cache, run CMD under /usr/bin/time, append its output
-# to the log. Sets T_S (wall seconds) and T_RSS (peak RSS in KiB).
+# to the log. Sets T_S (wall seconds), T_RSS (peak RSS in KiB), T_USER and
+# T_SYS (CPU seconds); NAME.time in the log folder keeps them in that order.
 timed() {
     local name=$1; shift
     local tf="$LOG_DIR/$name.time"
     drop_caches
     log "run $name: $*"
     echo "### $name: $*" >>"$LOG_DIR/$name.log"
-    if ! /usr/bin/time -f '%e %M' -o "$tf" "$@" >>"$LOG_DIR/$name.log" 2>&1; then
+    if ! /usr/bin/time -f '%e %M %U %S' -o "$tf" "$@" >>"$LOG_DIR/$name.log" 2>&1; then
         tail -n 20 "$LOG_DIR/$name.log" >&2
         die "$name failed (log: $LOG_DIR/$name.log)"
     fi
-    read -r T_S T_RSS <"$tf"
+    read -r T_S T_RSS T_USER T_SYS <"$tf"
 }
 
 # logged NAME CMD...: an untimed setup command; on failure show its log.
@@ -318,4 +319,66 @@ build_workload() {
     # A second disk with identical content: measures cross-disk dedup.
     cp --sparse=always "$WL/disk-v1.img" "$WL/clone.img"
     echo "$spec" >"$WL/READY"   # written last: a half-built workload is rebuilt
+}
+
+# ---------------------------------------------------------------- rounds
+# Shared by the scripts that time steps over rounds (compare.sh, restore.sh).
+
+# T[tag|step] = space-separated seconds (or IOPS) of every round.
+declare -A T=()
+note() { T["$1|$2"]="${T["$1|$2"]:-} $3"; }
+
+# measure TAG STEP NAME CMD...: cold cache, run CMD, note its wall seconds.
+measure() {
+    local tag=$1 step=$2; shift 2
+    timed "$@"
+    note "$tag" "$step" "$T_S"
+}
+
+# mount_with BIN STORE MNT: start a mount in the background, wait until it serves.
+mount_with() {
+    local bin=$1 store=$2 mnt=$3 i
+    mkdir -p "$mnt"
+    "$bin" --store "$store" mount "$mnt" >>"$LOG_DIR/mount.log" 2>&1 &
+    MOUNT_PID=$!
+    push_undo pid "$MOUNT_PID"
+    push_undo snapfs "$mnt"
+    for ((i = 0; i < 600; i++)); do
+        [[ -e $mnt/vm1 ]] && return 0
+        kill -0 "$MOUNT_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    die "the mount of $store on $mnt did not come up (log: $LOG_DIR/mount.log)"
+}
+
+unmount_with() {
+    local mnt=$1
+    SNAPFS_STORE=$2 release snapfs "$mnt"
+    release pid "$MOUNT_PID"
+}
+
+# stat_of TAG STEP -> "median (min-max)"
+stat_of() {
+    [[ -n ${T["$1|$2"]:-} ]] || { echo -; return; }
+    # shellcheck disable=SC2086
+    printf '%s\n' ${T["$1|$2"]:-} | sort -g | awk '
+        { v[NR] = $1 }
+        END { if (NR == 0) { print "-"; exit }
+              m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
+              printf "%g (%g-%g)", m, v[1], v[NR] }'
+}
+median_of() { stat_of "$1" "$2" | cut -d' ' -f1; }
+
+# fio_randread_iops FILE JOBS NAME: cold cache, fio 4 KiB random reads
+# (psync) of FILE for BENCH_FIO_RUNTIME seconds; prints the IOPS.
+fio_randread_iops() {
+    local f=$1 jobs=$2 name=$3
+    drop_caches
+    fio --name=randread --filename="$f" --readonly --rw=randread --bs=4k --ioengine=psync \
+        --direct=0 --size="$(stat -c %s "$f")" --runtime="${BENCH_FIO_RUNTIME:-10}" --time_based \
+        --numjobs="$jobs" --group_reporting --output-format=json >"$LOG_DIR/$name.json" 2>>"$LOG_DIR/fio.log"
+    "$PYTHON" -c '
+import json, sys
+t = open(sys.argv[1]).read()
+print("%.0f" % json.loads(t[t.index("{"):])["jobs"][0]["read"]["iops"])' "$LOG_DIR/$name.json"
 }
