@@ -738,34 +738,59 @@ fn rollback_of_a_live_disk_leaves_its_change_record_correct() {
         return;
     }
     let fx = Fixture::new();
-    ok(snapfs(&fx.store).args(["disk", "create", "data", "--size", "1M"]));
+    let chunks = 32u64;
+    ok(snapfs(&fx.store).args([
+        "disk",
+        "create",
+        "data",
+        "--size",
+        &(chunks * CHUNK).to_string(),
+    ]));
     let mut rng = Rng::new(7);
-    let (a, b) = (rng.bytes(1 << 20), rng.bytes(1 << 20));
+    let a = rng.bytes((chunks * CHUNK) as usize);
+    // b: two chunks of a changed.
+    let mut b = a.clone();
+    for chunk in [4usize, 20] {
+        b[chunk * CHUNK as usize..(chunk + 1) * CHUNK as usize]
+            .copy_from_slice(&rng.bytes(CHUNK as usize));
+    }
     let mount = Mount::start(&fx.store);
     let folder = mount.disk("data");
-    let write_all = |bytes: &[u8]| {
+    let write_at = |bytes: &[u8], offset: u64| {
         let live = OpenOptions::new()
             .write(true)
             .open(folder.join("live"))
             .expect("open live");
-        live.write_all_at(bytes, 0).expect("pwrite");
+        live.write_all_at(bytes, offset).expect("pwrite");
         live.sync_all().expect("fsync");
     };
-    write_all(&a);
+    write_at(&a, 0);
     create(&folder, "a");
-    write_all(&b);
+    write_at(&b, 0);
     create(&folder, "b");
-    // Through the mount: the mount's own LiveDisk learns of it.
-    ok(snapfs(&fx.store).args(["rollback", "data", "a", "--yes"]));
+    // One more chunk changed after b, not snapshotted.
+    let mut now = b.clone();
+    let extra = rng.bytes(CHUNK as usize);
+    now[9 * CHUNK as usize..10 * CHUNK as usize].copy_from_slice(&extra);
+    write_at(&extra, 9 * CHUNK);
+
+    // Through the mount: the record and the maps name the 3 chunks that
+    // can differ, and only those are compared; the record stays trusted.
+    let report = ok(snapfs(&fx.store).args(["rollback", "data", "a", "--yes", "--json"]));
+    let report: serde_json::Value = serde_json::from_str(&report).expect("json report");
+    assert_eq!(report["only_changed"], true, "{report}");
+    assert_eq!(report["chunks_compared"], 3, "{report}");
+    assert_eq!(report["chunks_written"], 3, "{report}");
     assert_bytes(
         "live after rollback",
         &fs::read(folder.join("live")).expect("read"),
         &a,
     );
-    let status = fs::read_to_string(folder.join(".status")).expect(".status");
-    assert!(
-        status.contains("not trusted") && status.contains("rolled back"),
-        "{status}"
+    assert_eq!(
+        getxattr(&folder, "user.snapfs.record_trusted").as_deref(),
+        Some("1"),
+        "{}",
+        fs::read_to_string(folder.join(".status")).unwrap_or_default()
     );
     create(&folder, "after-a");
     assert_bytes(
@@ -774,8 +799,9 @@ fn rollback_of_a_live_disk_leaves_its_change_record_correct() {
         &a,
     );
     mount.unmount();
-    // Not mounted: the CLI opens the live disk itself.
-    ok(snapfs(&fx.store).args(["rollback", "data", "b", "--yes"]));
+    // Not mounted: the CLI opens the live disk itself, same rules.
+    let out = ok(snapfs(&fx.store).args(["rollback", "data", "b", "--yes"]));
+    assert!(out.contains("compared only the chunks"), "{out}");
     let mount = Mount::start(&fx.store);
     let folder = mount.disk("data");
     create(&folder, "after-b");
@@ -783,6 +809,29 @@ fn rollback_of_a_live_disk_leaves_its_change_record_correct() {
         "snapshot after-b",
         &fs::read(folder.join("after-b")).expect("read"),
         &b,
+    );
+    // A record that cannot vouch: every chunk compared, then distrusted.
+    mount.unmount();
+    let backing = fx.store.join("disks/data.img");
+    let file = OpenOptions::new()
+        .write(true)
+        .open(&backing)
+        .expect("open backing");
+    file.write_all_at(b"outside", 100).expect("write backing");
+    drop(file);
+    let report = ok(snapfs(&fx.store).args(["rollback", "data", "a", "--yes", "--json"]));
+    let report: serde_json::Value = serde_json::from_str(&report).expect("json report");
+    assert_eq!(report["only_changed"], false, "{report}");
+    assert_eq!(report["chunks_compared"], chunks, "{report}");
+    let mount = Mount::start(&fx.store);
+    let folder = mount.disk("data");
+    let status = fs::read_to_string(folder.join(".status")).expect(".status");
+    assert!(status.contains("not trusted"), "{status}");
+    create(&folder, "after-outside");
+    assert_bytes(
+        "snapshot after-outside",
+        &fs::read(folder.join("after-outside")).expect("read"),
+        &a,
     );
     mount.unmount();
 }

@@ -8,6 +8,7 @@ use clap::Args;
 
 use super::snapshot::progress_bar;
 use super::{print_json, Output};
+use snapfs::image::rollback::{prepare_live_rollback, Scope};
 use snapfs::image::{rollback, RollbackReport, Target, TargetKind};
 use snapfs::units::format_bytes;
 use snapfs::Repository;
@@ -104,25 +105,35 @@ pub fn run(repo: &Repository, args: RollbackArgs, out: &mut Output) -> Result<()
     }
 
     // A live disk's backing rewritten outside its write path: its change
-    // record no longer tells what changed, from before the first write on.
+    // record and the maps tell which chunks can differ, and those are
+    // marked first; failing that, the record is distrusted and every
+    // chunk compared.
     let canonical = path.canonicalize().ok();
     let mut live = Vec::new();
+    let mut scope = None;
     for other in repo.catalog().disks()? {
         if other.live && canonical.as_ref() == Some(&other.source) {
             let disk = repo.live_disk(&other)?;
-            disk.record().distrust(&format!(
-                "rolled back to snapshot {} of disk {}",
-                record.name, record.disk
-            ))?;
+            scope = prepare_live_rollback(repo, &disk, &record)?;
+            if scope.is_none() {
+                disk.record().distrust(&format!(
+                    "rolled back to snapshot {} of disk {}",
+                    record.name, record.disk
+                ))?;
+            }
             live.push(disk);
         }
     }
+    let scope = match &scope {
+        Some(ranges) => Scope::Chunks(ranges),
+        None => Scope::Whole,
+    };
 
     let bar = progress_bar(out.interactive);
     if let Some(bar) = &bar {
         bar.set_length(record.size);
     }
-    let result = rollback(repo, &record, &target, &mut |done| {
+    let result = rollback(repo, &record, &target, scope, &mut |done| {
         if let Some(bar) = &bar {
             bar.set_position(done);
         }
@@ -179,6 +190,12 @@ fn print_report(out: &mut Output, r: &RollbackReport) -> Result<()> {
         r.holes_punched,
         r.chunks_compared - r.chunks_written - r.holes_punched
     )?;
+    if r.only_changed {
+        writeln!(
+            out.out,
+            "compared only the chunks the live disk's change record and the snapshots' maps name"
+        )?;
+    }
     match r.target_kind {
         TargetKind::File if r.previous_size > r.size => writeln!(
             out.out,

@@ -82,7 +82,76 @@ pub struct RollbackReport {
     /// Bytes of a larger block device past the snapshot's end, left as
     /// they were.
     pub untouched_tail: u64,
+    /// Only the chunks a live disk's change record and the maps name were
+    /// compared (the rest was known to be equal).
+    pub only_changed: bool,
     pub elapsed_ms: u64,
+}
+
+/// Which chunks of the target a rollback compares.
+#[derive(Clone, Copy)]
+pub enum Scope<'a> {
+    /// Every chunk: the target may differ anywhere.
+    Whole,
+    /// Only these chunk ranges: the caller knows that the target equals
+    /// the snapshot everywhere else (a live disk whose change record and
+    /// maps tell where it differs).
+    Chunks(&'a [std::ops::Range<u64>]),
+}
+
+/// Before `record` is rolled back onto live disk `disk` (its own backing):
+/// when the disk's change record is trusted and the snapshot it counts
+/// from still exists, the disk can differ from `record` only in the chunks
+/// the record marks and those where the two snapshots' maps differ. Then
+/// gives the disk `record`'s size, marks those chunks (durably, before
+/// anything is written, so that the record stays trusted and right) and
+/// returns them for [`Scope::Chunks`]; None when the whole disk must be
+/// compared (the caller distrusts the record then).
+pub fn prepare_live_rollback(
+    repo: &Repository,
+    disk: &crate::live::LiveDisk,
+    record: &SnapshotRecord,
+) -> Result<Option<Vec<std::ops::Range<u64>>>> {
+    let changes = disk.record();
+    if !changes.trusted() || u64::from(record.chunk_size) != disk.chunk_size() {
+        return Ok(None);
+    }
+    let base = repo
+        .catalog()
+        .snapshots(None)?
+        .into_iter()
+        .find(|s| s.id == changes.base());
+    let Some(base) = base.filter(|b| b.chunk_size == record.chunk_size) else {
+        return Ok(None);
+    };
+    if disk.size() != record.size {
+        disk.set_len(record.size)?;
+    }
+    let store = repo.store();
+    let differ = crate::map::differing_chunks(
+        &MapReader::new(store, record.map),
+        &MapReader::new(store, base.map),
+    )?;
+    let ranges = merge_ranges(changes.changed(), differ);
+    disk.mark_changed(&ranges)?;
+    Ok(Some(ranges))
+}
+
+/// The union of two ordered lists of ranges, ordered and merged.
+fn merge_ranges(
+    a: Vec<std::ops::Range<u64>>,
+    b: Vec<std::ops::Range<u64>>,
+) -> Vec<std::ops::Range<u64>> {
+    let mut all: Vec<_> = a.into_iter().chain(b).filter(|r| !r.is_empty()).collect();
+    all.sort_by_key(|r| r.start);
+    let mut merged: Vec<std::ops::Range<u64>> = Vec::new();
+    for range in all {
+        match merged.last_mut() {
+            Some(last) if range.start <= last.end => last.end = last.end.max(range.end),
+            _ => merged.push(range),
+        }
+    }
+    merged
 }
 
 /// Writes `record` onto `target`; `progress` gets the bytes compared so far.
@@ -90,6 +159,7 @@ pub fn rollback(
     repo: &Repository,
     record: &SnapshotRecord,
     target: &Target,
+    scope: Scope,
     progress: &mut dyn FnMut(u64),
 ) -> std::result::Result<RollbackReport, RollbackError> {
     let started = Instant::now();
@@ -125,6 +195,7 @@ pub fn rollback(
             TargetKind::BlockDevice => target.size().saturating_sub(record.size),
         },
         elapsed_ms: 0,
+        only_changed: matches!(scope, Scope::Chunks(_)),
     };
     let resize = target.kind() == TargetKind::File && target.size() != record.size;
     let outcome = (|| {
@@ -134,7 +205,12 @@ pub fn rollback(
                 .set_len(record.size)
                 .context(|| format!("resizing {}", target.path().display()))?;
         }
-        write_differing(store, record, target, &mut report, progress)?;
+        match scope {
+            Scope::Whole => write_differing(store, record, target, &mut report, progress)?,
+            Scope::Chunks(ranges) => {
+                write_differing_in(store, record, target, ranges, &mut report, progress)?
+            }
+        }
         target
             .file()
             .sync_all()
@@ -227,6 +303,53 @@ fn write_differing(
     pipeline::run(&source, chunk_size, &options, &judge, &mut collect)
 }
 
+/// Compares the chunks of `ranges` only (clipped to the snapshot) and
+/// writes those that differ: work that follows the change, on one thread.
+fn write_differing_in(
+    store: &Store,
+    record: &SnapshotRecord,
+    target: &Target,
+    ranges: &[std::ops::Range<u64>],
+    report: &mut RollbackReport,
+    progress: &mut dyn FnMut(u64),
+) -> Result<()> {
+    let chunk_size = record.chunk_size as u64;
+    let chunks = record.size.div_ceil(chunk_size);
+    let path = target.path().to_path_buf();
+    let mut writer = ChunkWriter {
+        store,
+        record,
+        map: MapReader::new(store, record.map),
+        file: target.file(),
+        punch: target.kind() == TargetKind::File,
+        zeros: Vec::new(),
+        report,
+    };
+    let mut buf = vec![0u8; chunk_size as usize];
+    let mut done = 0u64;
+    // Progress counts to the image size, like a whole rollback's.
+    let total: u64 = ranges
+        .iter()
+        .map(|r| r.end.min(chunks).saturating_sub(r.start) * chunk_size)
+        .sum();
+    for range in ranges {
+        for chunk in range.start..range.end.min(chunks) {
+            let piece = &mut buf[..record.chunk_len(chunk) as usize];
+            crate::live::read_zero_filled(target.file(), piece, chunk * chunk_size)
+                .context(|| format!("reading {} at chunk {chunk}", path.display()))?;
+            let held = if is_all_zero(piece) {
+                Held::Zeros
+            } else {
+                Held::Data(ChunkHash::of(piece))
+            };
+            writer.make_equal(chunk, &held)?;
+            done += chunk_size;
+            progress(done.saturating_mul(record.size) / total.max(1));
+        }
+    }
+    Ok(())
+}
+
 /// Writes the snapshot's chunks over a target that holds something else.
 struct ChunkWriter<'a> {
     store: &'a Store,
@@ -299,5 +422,20 @@ fn punch_hole(file: &File, offset: u64, len: u64) -> std::io::Result<bool> {
     match err.raw_os_error() {
         Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => Ok(false),
         _ => Err(err),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::single_range_in_vec_init)]
+mod tests {
+    use super::merge_ranges;
+
+    #[test]
+    fn merged_ranges_cover_both_lists_once() {
+        assert_eq!(
+            merge_ranges(vec![0..2, 5..6, 9..12], vec![1..3, 6..7, 20..21]),
+            vec![0..3, 5..7, 9..12, 20..21]
+        );
+        assert_eq!(merge_ranges(Vec::new(), vec![4..5]), vec![4..5]);
     }
 }

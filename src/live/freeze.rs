@@ -307,6 +307,16 @@ impl LiveDisk {
         Ok(())
     }
 
+    /// Marks chunks `ranges` changed, durably, before something rewrites
+    /// them other than through [`LiveDisk::write_at`] (a rollback onto the
+    /// backing): the record stays right without being distrusted.
+    pub fn mark_changed(&self, ranges: &[Range<u64>]) -> Result<()> {
+        for range in ranges {
+            self.record.before_write(range.clone())?;
+        }
+        Ok(())
+    }
+
     /// Grows or shrinks the disk (truncate of the live file).
     pub fn set_len(&self, new_size: u64) -> Result<()> {
         self.gate.enter(&self.disk_id)?;

@@ -10,6 +10,7 @@
 //! is never stored.
 
 mod builder;
+mod diff;
 mod page;
 mod pins;
 mod reader;
@@ -18,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::hash::ChunkHash;
 pub use builder::MapBuilder;
+pub use diff::differing_chunks;
 pub use page::{encode_page, height_for, FANOUT};
 pub use pins::{Pin, PinnedMaps};
 pub use reader::MapReader;

@@ -26,6 +26,7 @@ pub mod gc;
 mod ingest;
 pub mod lock;
 pub mod pack;
+mod single_flight;
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
@@ -44,6 +45,7 @@ use backend::{PackInfo, PackStorage};
 pub use ingest::{abort as ingest_abort, CommitTrees, Ingest};
 use lock::StoreLock;
 use pack::Location;
+use single_flight::{SingleFlight, Turn};
 
 pub const FORMAT_VERSION: u32 = 1;
 const FORMAT_FILE: &str = "FORMAT";
@@ -164,6 +166,8 @@ pub struct Store {
     cache: Mutex<LruCache<ChunkHash, Arc<Vec<u8>>>>,
     /// Buffers of chunks evicted from the cache, reused for the next reads.
     spare_buffers: Mutex<Vec<Vec<u8>>>,
+    /// Chunks being read after a cache miss, so that each is read once.
+    loading: SingleFlight,
     /// What gc must treat as live besides the catalog (see gc.rs).
     pub(crate) gc_coord: Mutex<GcCoordination>,
     /// One gc pass at a time.
@@ -284,6 +288,7 @@ impl Store {
             db,
             cache: Mutex::new(LruCache::new(cache_entries(options.cache_bytes, config))),
             spare_buffers: Mutex::new(Vec::new()),
+            loading: SingleFlight::default(),
             gc_coord: Mutex::new(GcCoordination::default()),
             gc_run: Mutex::new(()),
             lock: Mutex::new(lock),
@@ -429,6 +434,23 @@ impl Store {
         if let Some(hit) = self.cache_lock().get(hash) {
             return Ok(hit.clone());
         }
+        let landing = match self.loading.turn(hash) {
+            Turn::Loaded(Some(data)) => return Ok(data),
+            Turn::Loaded(None) => return self.load(hash),
+            Turn::Load(landing) => landing,
+        };
+        // Looked again: a load may have landed between the miss and the turn.
+        let hit = self.cache_lock().get(hash).cloned();
+        let result = match hit {
+            Some(hit) => Ok(hit),
+            None => self.load(hash),
+        };
+        landing.land(result.as_ref().ok().cloned());
+        result
+    }
+
+    /// Reads, verifies and caches a chunk.
+    fn load(&self, hash: &ChunkHash) -> Result<Arc<Vec<u8>>> {
         let spare = self
             .spare_buffers
             .lock()
