@@ -335,9 +335,10 @@ impl LiveDisk {
         Ok(())
     }
 
-    /// Makes the disk's writes durable (fsync of the live file): the marks
-    /// already are.
+    /// Makes the disk's writes durable (fsync of the live file), their
+    /// marks first.
     pub fn sync(&self) -> Result<()> {
+        self.record.sync_marks()?;
         self.backing
             .sync_data()
             .context(|| format!("sync {}", self.path.display()))

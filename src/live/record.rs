@@ -1,9 +1,12 @@
 //! The change record of one live disk: which chunks changed since the last
 //! snapshot, kept in a file so that it outlives the process. The rule it
 //! keeps: it may over-report, it never misses a write that reached the
-//! backing. A chunk is marked, and the mark made durable (pwrite +
-//! fdatasync of the record file), before the write to it may proceed; a
-//! chunk already marked costs nothing.
+//! backing. A chunk is marked (a pwrite of the record file) before the
+//! write to it may proceed, and the marks are made durable (fdatasync)
+//! before the disk's own data is (the live file's fsync); a chunk already
+//! marked costs nothing. A mark in the page cache survives a kill -9 of
+//! the process, not a crash of the host: a record left behind by a host
+//! that went down (another boot id, no clean shutdown) is not trusted.
 //!
 //! Two generations of marks: `current` (writes since the last freeze) and
 //! `frozen` (the marks a running snapshot stores). A freeze moves current
@@ -42,7 +45,8 @@
 //! | 64 | 8 | backing size |
 //! | 72 | 8 | backing mtime, i64 nanoseconds since the epoch |
 //! | 80 | 8 | backing ctime, i64 nanoseconds |
-//! | 88 | 32 | reserved, 0 |
+//! | 88 | 16 | boot id of the host that last opened or stamped the record (`/proc/sys/kernel/random/boot_id`), 0 if unknown |
+//! | 104 | 16 | reserved, 0 |
 //! | 120 | 8 | checksum: the first 8 bytes of blake3(bytes 0..120), as u64 |
 //! | 128 | 3968 | 0 |
 //!
@@ -135,6 +139,25 @@ struct Header {
     capacity: u64,
     base: u64,
     identity: BackingIdentity,
+    boot_id: [u8; 16],
+}
+
+/// This boot of the host (`/proc/sys/kernel/random/boot_id`), zeros when
+/// unknown: a record written in another boot may have lost the marks its
+/// page cache held.
+pub fn boot_id() -> [u8; 16] {
+    let text = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+    let digits: Vec<u8> = text
+        .bytes()
+        .filter_map(|b| (b as char).to_digit(16).map(|d| d as u8))
+        .collect();
+    let mut id = [0u8; 16];
+    if digits.len() == 32 {
+        for (i, pair) in digits.chunks(2).enumerate() {
+            id[i] = pair[0] << 4 | pair[1];
+        }
+    }
+    id
 }
 
 impl Header {
@@ -158,6 +181,7 @@ impl Header {
         for (i, field) in fields.iter().enumerate() {
             b[16 + 8 * i..24 + 8 * i].copy_from_slice(&field.to_le_bytes());
         }
+        b[88..104].copy_from_slice(&self.boot_id);
         let sum = checksum(&b[..120]);
         b[120..128].copy_from_slice(&sum.to_le_bytes());
         b
@@ -195,6 +219,7 @@ impl Header {
                 mtime_ns: u64_at(72) as i64,
                 ctime_ns: u64_at(80) as i64,
             },
+            boot_id: b[88..104].try_into().unwrap_or([0; 16]),
         })
     }
 
@@ -348,6 +373,8 @@ pub struct ChangeRecord {
     /// The file says "clean shutdown": the next mark must clear that first.
     clean: AtomicBool,
     syncs: AtomicU64,
+    /// Marks were written since the record file was last synced.
+    unsynced: AtomicBool,
     /// False only under `SNAPFS_BENCH_NO_TRACKING` (the benchmark's
     /// "tracking off" side): nothing is marked and every snapshot reads
     /// the whole disk, so nothing wrong is ever stored.
@@ -404,7 +431,13 @@ impl ChangeRecord {
                 let clean = header.flags & FLAG_CLEAN != 0;
                 let stamped = stamps && header.flags & FLAG_STAMPED != 0;
                 let same = header.size == size && header.identity == *identity;
+                let this_boot = header.boot_id == boot_id() && header.boot_id != [0; 16];
                 let why = match (same, clean, stamped) {
+                    (true, false, true) if !this_boot => Some(
+                        "the host went down while snapfs served the disk (marks it had not \
+                         synced may be lost)"
+                            .to_string(),
+                    ),
                     (true, true, _) | (true, false, true) => None,
                     (false, true, _) => {
                         Some("the backing changed while snapfs was not running".to_string())
@@ -426,6 +459,7 @@ impl ChangeRecord {
                     capacity: capacity_for(chunks),
                     base: 0,
                     identity: *identity,
+                    boot_id: [0; 16],
                 },
                 Vec::new(),
                 Vec::new(),
@@ -441,6 +475,7 @@ impl ChangeRecord {
                         capacity: capacity_for(chunks),
                         base: 0,
                         identity: *identity,
+                        boot_id: [0; 16],
                     },
                     Vec::new(),
                     Vec::new(),
@@ -457,6 +492,7 @@ impl ChangeRecord {
         current.resize(words, 0);
         frozen.resize(words, 0);
         header.flags &= !(FLAG_CLEAN | FLAG_STAMPED);
+        header.boot_id = boot_id();
         if stamps && identity.is_settled() {
             header.flags |= FLAG_STAMPED;
             header.identity = *identity;
@@ -489,6 +525,7 @@ impl ChangeRecord {
             current_all: AtomicBool::new(header.flags & FLAG_CURRENT_ALL != 0),
             clean: AtomicBool::new(false),
             syncs: AtomicU64::new(1),
+            unsynced: AtomicBool::new(false),
             tracking: std::env::var_os(NO_TRACKING_VAR).is_none(),
             state: Mutex::new(State {
                 file,
@@ -551,9 +588,10 @@ impl ChangeRecord {
         self.syncs.load(Ordering::Relaxed)
     }
 
-    /// Marks chunks `chunks` changed; returns once the marks are durable.
-    /// Call before the write reaches the backing. Chunks already durably
-    /// marked cost no system call.
+    /// Marks chunks `chunks` changed; returns once the marks are in the
+    /// record file (durable at the next [`ChangeRecord::sync_marks`]).
+    /// Call before the write reaches the backing. Chunks already marked
+    /// cost no system call.
     pub fn before_write(&self, chunks: Range<u64>) -> Result<()> {
         if !self.tracking || chunks.is_empty() || self.marked(&chunks) {
             return Ok(());
@@ -587,8 +625,11 @@ impl ChangeRecord {
         }
         let clean = state.header.flags & FLAG_CLEAN != 0;
         if clean {
+            // Durably: a header still saying "clean" after a power cut
+            // would vouch for writes it never saw.
             state.header.flags &= !FLAG_CLEAN;
             write_header(state)?;
+            self.sync(state)?;
         }
         if !clean && self.marked(&chunks) {
             return Ok(());
@@ -605,11 +646,26 @@ impl ChangeRecord {
             .file
             .write_all_at(&words_to_bytes(&words), offset)
             .context(|| format!("cannot write change record {}", state.path.display()))?;
-        self.sync(state)?;
+        self.unsynced.store(true, Ordering::Release);
         for (i, w) in words.into_iter().enumerate() {
             current[first + i].store(w, Ordering::Release);
         }
         self.clean.store(false, Ordering::Release);
+        Ok(())
+    }
+
+    /// Makes the marks written so far durable; call before the disk's data
+    /// is synced (the live file's fsync), so that no write the guest was
+    /// told is durable lacks its durable mark.
+    pub fn sync_marks(&self) -> Result<()> {
+        if !self.unsynced.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let state = self.state();
+        // Under the lock: every mark written before it is in this sync.
+        if self.unsynced.swap(false, Ordering::AcqRel) {
+            self.sync(&state)?;
+        }
         Ok(())
     }
 
@@ -804,6 +860,7 @@ impl ChangeRecord {
         }
         state.header.flags |= FLAG_STAMPED;
         state.header.identity = *identity;
+        state.header.boot_id = boot_id();
         write_header(&state)?;
         // Not needed for a kill -9 (the page cache survives it); lets the
         // stamp survive a power loss too.
@@ -946,16 +1003,46 @@ mod tests {
     }
 
     #[test]
-    fn a_chunk_already_marked_costs_no_sync() {
+    fn marks_cost_no_sync_until_the_disk_is_synced() {
         let dir = tempfile::tempdir().expect("tempdir");
         let record = trusted(dir.path());
         let before = record.syncs();
         record.before_write(3..5).expect("mark");
-        assert_eq!(record.syncs(), before + 1);
         record.before_write(3..4).expect("mark");
         record.before_write(4..5).expect("mark");
-        assert_eq!(record.syncs(), before + 1, "no sync for marked chunks");
+        assert_eq!(record.syncs(), before, "marking does not sync");
+        record.sync_marks().expect("sync");
+        record.sync_marks().expect("sync");
+        assert_eq!(
+            record.syncs(),
+            before + 1,
+            "one sync for the marks, none when clean"
+        );
         assert_eq!(record.changed(), vec![3..5]);
+    }
+
+    #[test]
+    fn a_record_left_by_a_host_that_went_down_is_not_trusted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        trusted(dir.path())
+            .mark_clean_shutdown(&id(1))
+            .expect("clean");
+        let record = open_stamped(dir.path(), &id(1));
+        record.before_write(5..6).expect("mark");
+        record.stamp(&id(2)).expect("stamp");
+        drop(record);
+        // As if written in another boot: the boot id in the header differs.
+        let path = dir.path().join(record_file_name("vm1/system"));
+        let mut bytes = std::fs::read(&path).expect("read record");
+        let mut header = Header::decode(&bytes).expect("header");
+        header.boot_id = [0xab; 16];
+        bytes[..HEADER_FIELDS].copy_from_slice(&header.encode());
+        std::fs::write(&path, &bytes).expect("write record");
+        let record = open_stamped(dir.path(), &id(2));
+        assert!(!record.trusted());
+        assert!(record
+            .untrusted_reason()
+            .is_some_and(|r| r.contains("host went down")));
     }
 
     #[test]
@@ -1100,6 +1187,7 @@ mod tests {
             capacity: CAPACITY_STEP,
             base: 9,
             identity: id(-1),
+            boot_id: [7; 16],
         };
         let b = header.encode();
         assert_eq!(&b[0..8], b"SNAPFSCR");
@@ -1109,6 +1197,7 @@ mod tests {
         assert_eq!(b[32..40], CAPACITY_STEP.to_le_bytes());
         assert_eq!(b[40..48], 9u64.to_le_bytes());
         assert_eq!(b[72..80], (-1i64).to_le_bytes());
+        assert_eq!(b[88..104], [7u8; 16]);
         assert_eq!(Header::decode(&b), Ok(header));
     }
 }
