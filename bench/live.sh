@@ -21,7 +21,8 @@
 #      random read and write (libaio, iodepth 16); then 4 KiB random writes
 #      through the "on" mount while a snapshot of that disk is being stored
 #      (the whole disk rewritten first, so the snapshot has a lot to store)
-#      against the same with no snapshot.
+#      against the same with no snapshot, and against the same right after
+#      a snapshot (every chunk clean in the change record).
 # Peak RSS (VmHWM) of each mount after each part. Prints a Markdown table
 # and writes it to bench/results-live-latest.md. Needs root.
 set -euo pipefail
@@ -149,10 +150,19 @@ part_a() {
         add_live "$side" vm "$RUN/vm-$side.img"
         snap "$side" vm s0 first
     done
+    # Reference: what storing that much fresh random data costs by itself
+    # (a plain, not live, disk of that size, rewritten each round).
+    head -c $((BENCH_LIVE_CHANGE_MB * MIB)) /dev/urandom >"$RUN/ref.img"
+    logged disks sfs on disk add ref "$RUN/ref.img"
     for ((n = 1; n <= BENCH_ROUNDS; n++)); do
-        for side in $(rotate $((n - 1)) on off); do
-            change "${MNT[$side]}/vm/live" $((BENCH_LIVE_CHANGE_MB * MIB)) "$MIB" "$n"
-            snap "$side" vm "s$n" incr
+        for side in $(rotate $((n - 1)) on off ref); do
+            if [[ $side == ref ]]; then
+                head -c $((BENCH_LIVE_CHANGE_MB * MIB)) /dev/urandom >"$RUN/ref.img"
+                snap on ref "r$n" ingest
+            else
+                change "${MNT[$side]}/vm/live" $((BENCH_LIVE_CHANGE_MB * MIB)) "$MIB" "$n"
+                snap "$side" vm "s$n" incr
+            fi
         done
     done
     note_hwm a
@@ -276,20 +286,30 @@ part_c() {
     # Random writes beside a snapshot that stores the whole disk, against
     # the same with no snapshot (fio on the "on" mount both times).
     for ((n = 1; n <= BENCH_ROUNDS; n++)); do
-        for side in $(rotate $((n - 1)) idle busy); do
-            if [[ $side == idle ]]; then
-                change "${MNT[on]}/fio/live" "$FIO_BYTES" "$MIB" 0
-                v=$(fio_run "idle-$n" "${MNT[on]}/fio/live" randwrite 4k libaio 16)
-                note idle on "$v"
-            else
-                during "$n"
-            fi
+        for side in $(rotate $((n - 1)) idle busy clean); do
+            case $side in
+                idle)
+                    change "${MNT[on]}/fio/live" "$FIO_BYTES" "$MIB" 0
+                    v=$(fio_run "idle-$n" "${MNT[on]}/fio/live" randwrite 4k libaio 16)
+                    note idle on "$v" ;;
+                busy) during "$n" ;;
+                clean)
+                    # Right after a snapshot every chunk is clean: the first
+                    # write to each one marks the change record durably.
+                    change "${MNT[on]}/fio/live" "$FIO_BYTES" "$MIB" 0
+                    echo "c$n" >"${MNT[on]}/fio/.create" || die "snapshot c$n failed"
+                    v=$(fio_run "clean-$n" "${MNT[on]}/fio/live" randwrite 4k libaio 16)
+                    note clean on "$v" ;;
+            esac
         done
     done
     note_hwm c
 }
 
 # ---------------------------------------------------------------- report
+# rat A B: A / B, or "-" when either is missing.
+rat() { if [[ $1 == - || $2 == - ]]; then echo -; else ratio "$1" "$2"; fi; }
+
 # verdict VALUE OP LIMIT -> "yes" / "no" / "-"
 verdict() {
     awk -v v="$1" -v op="$2" -v l="$3" 'BEGIN {
@@ -319,6 +339,9 @@ report() {
             [[ $(verdict "$r" ">=" 3) == yes ]] || met="**no**"
             echo "| a. next snapshot after $BENCH_LIVE_CHANGE_MB MiB changed through \`live\` (1 MiB writes, spread) | s | $(stat_of incr on) | $(stat_of incr off) | $r | on <= 0.5 s, off/on >= 3 | $met |"
         fi
+        if has_part a; then
+            echo "| a. reference: snapshot of a plain (not live) disk of $BENCH_LIVE_CHANGE_MB MiB of fresh random data | s | $(stat_of ingest on) | | | | |"
+        fi
         if has_part b; then
             echo "| b. first snapshot of the empty $BENCH_BIG_SIZE sparse disk | s | $(stat_of bigfirst on) | | | | |"
             on=$(median_of big on)
@@ -344,8 +367,9 @@ report() {
                 m1=$(verdict "$r_raw" ">=" "$tgt"); m2=$(verdict "$r_off" ">=" 0.9)
                 echo "| $label | $unit | $(stat_of "$rw" raw) | $(stat_of "$rw" on) | $(stat_of "$rw" off) | $r_raw | $r_off | on/raw >= $tgt; tracking costs <= 10% (on/off >= 0.9) | $m1; $m2 |"
             done
-            on=$(median_of busy on); off=$(median_of idle on); r=$(ratio "$on" "$off")
+            on=$(median_of busy on); off=$(median_of idle on); r=$(rat "$on" "$off")
             echo "| random write 4 KiB qd16 through \`live\` (on), idle (after the same rewrite of the disk) | IOPS | | $(stat_of idle on) | | | | | |"
+            echo "| the same right after a snapshot of it (every chunk clean: first writes mark the change record) | IOPS | | $(stat_of clean on) | | clean / idle: $(rat "$(median_of clean on)" "$off") | | | |"
             echo "| the same while a snapshot stores the whole rewritten $BENCH_FIO_SIZE (snapshot $(stat_of busysnap on) s; IOPS over $(stat_of busyoverlap on) s of overlap) | IOPS | | $(stat_of busy on) | | busy / idle: $r | | >= 0.5 | $(verdict "$r" ">=" 0.5) |"
         fi
         echo
