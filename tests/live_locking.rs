@@ -17,9 +17,10 @@ use tempfile::TempDir;
 const DISK: &str = "vm/sys";
 
 /// A store with one live disk (an ext4 made on its backing) and a mount.
+/// The mount drops (unmounts) before the folder that holds the store.
 struct Fixture {
-    _tmp: TempDir,
     mount: Mount,
+    _tmp: TempDir,
 }
 
 impl Fixture {
@@ -37,7 +38,7 @@ impl Fixture {
             .arg(&backing)
             .arg("--live"));
         let mount = Mount::start(&store);
-        Fixture { _tmp: tmp, mount }
+        Fixture { mount, _tmp: tmp }
     }
 
     /// Unmounts, asserting a clean end (the temp folder goes after).
