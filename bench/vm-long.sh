@@ -22,7 +22,8 @@
 # the end. Needs root, /dev/fuse, qemu-system-x86_64, busybox-static and a
 # kernel in /boot (the same as the VM tests). The test cleans up after
 # itself (mount and guests by pid, on panic too); Ctrl-C here stops the test
-# binary by pid, and its mount and QEMU follow it (parent-death signals).
+# binary by pid, its mount and QEMU follow it (parent-death signals), and
+# what is left in its temporary folder is unmounted and removed.
 set -euo pipefail
 
 REPO_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -40,11 +41,31 @@ bin=$(cargo test --release --test live_mount --no-run --message-format=json 2>/d
     sed -n 's/.*"executable":"\([^"]*live_mount[^"]*\)".*/\1/p' | tail -n 1)
 [[ -x $bin ]] || { echo "vm-long.sh: cannot build the live_mount test binary" >&2; exit 1; }
 
+# The test's temporary folders (store, mountpoints, guest files, image
+# copies) go in a folder of this run, removed at the end.
+work=$(mktemp -d /var/tmp/snapfs-vm-long.XXXXXX)
 pid=""
+mounted_below() { awk -v w="$work/" 'index($2, w) == 1 { print $2 }' /proc/mounts; }
 stop() {
+    local i m dev
     if [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null; then
         kill "$pid" 2>/dev/null || true
         wait "$pid" 2>/dev/null || true
+    fi
+    # Killed, the test unwinds nothing: its mount unmounts itself on the
+    # parent-death signal once its QEMU (SIGKILL, the same way) is gone.
+    for ((i = 0; i < 300; i++)); do
+        [[ -z $(mounted_below) ]] && break
+        sleep 0.1
+    done
+    for m in $(mounted_below | sort -r); do umount "$m" 2>/dev/null || umount -l "$m" || true; done
+    for dev in $(losetup -n -O NAME,BACK-FILE 2>/dev/null | awk -v w="$work/" 'index($2, w) == 1 { print $1 }'); do
+        losetup -d "$dev" 2>/dev/null || true
+    done
+    if [[ -z $(mounted_below) ]]; then
+        rm -rf "$work"
+    else
+        echo "vm-long.sh: still mounted below $work; left in place" >&2
     fi
 }
 trap stop EXIT
@@ -53,7 +74,7 @@ trap 'exit 130' INT TERM
 echo "vm-long.sh: $MINUTES minutes of $TEST; log in $VM_LONG_LOG" >&2
 started=$SECONDS
 rc=0
-SNAPFS_VM_LONG_SECS=$((MINUTES * 60)) SNAPFS_REQUIRE_FUSE=1 \
+TMPDIR=$work SNAPFS_VM_LONG_SECS=$((MINUTES * 60)) SNAPFS_REQUIRE_FUSE=1 \
     "$bin" --exact "$TEST" --nocapture --test-threads=1 >"$VM_LONG_LOG" 2>&1 &
 pid=$!
 wait "$pid" || rc=$?
