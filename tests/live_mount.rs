@@ -385,41 +385,72 @@ fn live_snapshots_equal_the_model_at_their_freeze_across_kill9() {
 }
 
 /// A guest running from a live disk, its ext4 made on the backing first.
+/// Fields drop in order: the guest first (it holds the live file open),
+/// then the mount, then the store's folder.
 struct VmFixture {
-    fx: Fixture,
-    backing: PathBuf,
-    mount: Mount,
     guest: Guest,
+    mount: Mount,
+    backing: PathBuf,
+    /// Seconds the guest's workload sleeps after each file (0: none).
+    pause: f64,
+    fx: Fixture,
 }
 
 const VM_DISK: &str = "vm/sys";
 
 impl VmFixture {
     fn boot(mount_args: &[&str]) -> VmFixture {
+        VmFixture::boot_sized(mount_args, 64 << 20, 0.0)
+    }
+
+    /// A disk of `size` bytes; the workload pauses `pause` s per file.
+    fn boot_sized(mount_args: &[&str], size: u64, pause: f64) -> VmFixture {
         let fx = Fixture::new();
         let backing = fx.path("vm.img");
-        Ext4Image::create(&backing, 64 << 20);
+        Ext4Image::create(&backing, size);
         ok(snapfs(&fx.store)
             .args(["disk", "add", VM_DISK])
             .arg(&backing)
             .arg("--live"));
         let mount = Mount::start_with(&fx.store, mount_args);
         let live = mount.disk(VM_DISK).join("live");
-        // cache=none without fallback: O_DIRECT must open.
-        let mut guest = Guest::boot(&[Disk::new(&live).cache(Cache::None)]);
-        eprintln!("guest booted in {:.1?}", guest.boot_time);
-        guest.run("mount -t ext4 /dev/vda /mnt");
-        guest.start_workload("/mnt");
+        let guest = boot_with_workload(&live, pause);
         VmFixture {
-            fx,
-            backing,
-            mount,
             guest,
+            mount,
+            backing,
+            pause,
+            fx,
         }
     }
 
     fn folder(&self) -> PathBuf {
         self.mount.disk(VM_DISK)
+    }
+
+    /// kill -9 of the mount under the running guest (whose disk then goes,
+    /// so it is killed too), a remount, snapshot `name` of the dead guest's
+    /// disk, which must equal the backing; then a new guest from the live
+    /// file, its ext4 mounted (journal replay) and the workload carried on.
+    fn kill9_and_boot_again(&mut self, name: &str) {
+        self.mount.kill9();
+        self.guest.kill();
+        self.mount.remount();
+        let folder = self.folder();
+        // Trusted or not (the guest wrote up to the kill, so the last stamp
+        // may be older than its last write): the snapshot must be right.
+        let status = fs::read_to_string(folder.join(".status")).expect(".status");
+        eprintln!("after kill -9: {status}");
+        create(&folder, name);
+        let (copy, files) = self.check_snapshot(name);
+        assert_bytes(
+            &format!("snapshot {name} after kill -9"),
+            &fs::read(&copy).expect("read copy"),
+            &fs::read(&self.backing).expect("read backing"),
+        );
+        let _ = fs::remove_file(copy);
+        self.guest = boot_with_workload(&folder.join("live"), self.pause);
+        eprintln!("{name}: {files} files; a new guest carries the workload on");
     }
 
     /// Copies snapshot `name` out of the mount and checks it as a crash
@@ -433,12 +464,33 @@ impl VmFixture {
     }
 }
 
+/// Boots a guest from `live` (cache=none without fallback: O_DIRECT must
+/// open), mounts its ext4 and starts the workload (carrying on after the
+/// last file logged on the disk, if any).
+fn boot_with_workload(live: &Path, pause: f64) -> Guest {
+    let mut guest = Guest::boot(&[Disk::new(live).cache(Cache::None)]);
+    eprintln!("guest booted in {:.1?}", guest.boot_time);
+    guest.run("mount -t ext4 /dev/vda /mnt");
+    if pause > 0.0 {
+        guest.start_workload_paced("/mnt", pause);
+    } else {
+        guest.start_workload("/mnt");
+    }
+    guest
+}
+
 #[test]
 fn snapshots_of_a_running_vm_are_crash_consistent() {
     if !need_vm("snapshots_of_a_running_vm_are_crash_consistent") {
         return;
     }
-    let mut vm = VmFixture::boot(&["--max-rate", "8M"]);
+    let long = long_run_length();
+    // The long run: a disk with room for an hour of a workload paced at
+    // five files a second (~35 KB each).
+    let mut vm = match long {
+        None => VmFixture::boot(&["--max-rate", "8M"]),
+        Some(_) => VmFixture::boot_sized(&["--max-rate", "8M"], 1 << 30, 0.2),
+    };
     let folder = vm.folder();
     let mut progress = vm.guest.wait_workload(3, Duration::from_secs(60));
     // The first reads the whole disk under the mount's --max-rate 8M while
@@ -470,14 +522,97 @@ fn snapshots_of_a_running_vm_are_crash_consistent() {
         .wait_workload(progress + 2, Duration::from_secs(60));
     for (name, before, after) in taken {
         let (_, files) = vm.check_snapshot(name);
-        // Every file fsynced before the .create is there (the workload logs
-        // n once n - 1 is durable); none beyond what was written by its end.
-        assert!(
-            files + 1 >= before && files <= after,
-            "snapshot {name} holds {files} files; {before} were logged before it, {after} after"
-        );
+        assert_holds_workload(name, files, before, after);
+    }
+    if let Some(length) = long {
+        long_run(&mut vm, length);
     }
     vm.guest.kill();
+}
+
+/// Every file fsynced before the `.create` is in the snapshot (the workload
+/// logs n once n - 1 is durable); none beyond what was written by its end.
+fn assert_holds_workload(name: &str, files: u64, before: u64, after: u64) {
+    assert!(
+        files + 1 >= before && files <= after,
+        "snapshot {name} holds {files} files; {before} were logged before it, {after} after"
+    );
+}
+
+/// `SNAPFS_VM_LONG_SECS=N` lengthens
+/// `snapshots_of_a_running_vm_are_crash_consistent` by a run of N seconds
+/// (bench/vm-long.sh sets it); unset, the test takes its three snapshots.
+const LONG_SECS_VAR: &str = "SNAPFS_VM_LONG_SECS";
+
+fn long_run_length() -> Option<Duration> {
+    let value = std::env::var(LONG_SECS_VAR).ok()?;
+    let secs: u64 = value
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("{LONG_SECS_VAR}={value:?} is not a number of seconds"));
+    Some(Duration::from_secs(secs))
+}
+
+/// The long mode: snapshots one after another for `length` while the guest
+/// writes, by turns uncapped (the CLI with --max-rate 100G) and under the
+/// mount's --max-rate, each checked as a crash image at once (journal
+/// replay, the workload's invariant, e2fsck -fn). Half way, kill -9 of the
+/// mount under the running guest: the snapshot after the remount equals the
+/// backing, and a new guest booted from the live file carries the workload
+/// on.
+fn long_run(vm: &mut VmFixture, length: Duration) {
+    let started = Instant::now();
+    let mut killed = false;
+    let mut checked = 0u64;
+    let mut round = 0u64;
+    let mut progress = vm.guest.workload_progress();
+    eprintln!("long run: {length:?} of snapshots, a kill -9 of the mount half way");
+    while started.elapsed() < length || !killed {
+        round += 1;
+        if !killed && started.elapsed() >= length / 2 {
+            killed = true;
+            vm.kill9_and_boot_again(&format!("long-{round}-after-kill9"));
+            checked += 1;
+            progress = vm
+                .guest
+                .wait_workload(progress + 3, Duration::from_secs(120));
+            continue;
+        }
+        let uncapped = round.is_multiple_of(2);
+        let name = format!(
+            "long-{round}-{}",
+            if uncapped { "uncapped" } else { "capped" }
+        );
+        let taken = Instant::now();
+        if uncapped {
+            ok(snapfs(&vm.fx.store).args([
+                "snapshot",
+                "create",
+                VM_DISK,
+                &name,
+                "--max-rate",
+                "100G",
+            ]));
+        } else {
+            create(&vm.folder(), &name);
+        }
+        let took = taken.elapsed();
+        let after = vm.guest.workload_progress();
+        let (copy, files) = vm.check_snapshot(&name);
+        let _ = fs::remove_file(copy);
+        assert_holds_workload(&name, files, progress, after);
+        checked += 1;
+        eprintln!(
+            "long run {:.0?}: {name} in {took:.1?}, the guest wrote files {progress}..{after} meanwhile",
+            started.elapsed()
+        );
+        progress = vm.guest.wait_workload(after + 5, Duration::from_secs(120));
+    }
+    eprintln!(
+        "long run done: {checked} snapshots checked in {:.0?}, one kill -9 of the mount; \
+         the workload reached {progress}",
+        started.elapsed()
+    );
 }
 
 #[test]
