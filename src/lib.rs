@@ -19,7 +19,7 @@
 //!
 //! | module | owns | never |
 //! |---|---|---|
-//! | [`store`] | chunks: pack records, the sled index, the cache, crash recovery, gc (handed its [`store::gc::Roots`]); pack bytes behind [`store::backend::PackStorage`] (the local folder; a fault-injecting decorator for tests) | knows disks, snapshots or maps |
+//! | [`store`] | chunks: pack records, the sled index, the cache, crash recovery, gc (handed its [`store::gc::Roots`]); pack bytes behind [`store::backend::PackStorage`] (the local folder, an S3 bucket with a local cache, a fault-injecting decorator for tests) | knows disks, snapshots or maps |
 //! | [`map`] | snapshot maps: content-addressed pages (a small Merkle tree), reader, builder on a parent, pins of open maps | writes the catalog |
 //! | [`catalog`] | disks, snapshots, policies, names: the only writer of those sled trees | reads chunks |
 //! | [`repository`] | an open store: the store, the catalog, the disks busy with a snapshot or rollback, the pins | |
@@ -31,6 +31,7 @@
 //! | [`fuse`] | the fuser adapter: match, reply, log each error once | holds state |
 //! | [`control`] | the `.control` request/response format, shared by mount and CLI | |
 //! | [`verify`], [`stats`] | whole-store reads | |
+//! | [`rebuild`] | `init --from`: a new local store from a bucket's objects (pack indexes, snapshot manifests) | |
 //!
 //! # Durability
 //!
@@ -61,6 +62,7 @@ pub mod live;
 pub mod map;
 pub mod modes;
 pub mod policy;
+pub mod rebuild;
 pub mod repository;
 pub mod snapshot;
 pub mod stats;

@@ -187,7 +187,12 @@ impl<'s> Ingest<'s> {
             // Until sealed, the pack is still this session's to clean up.
             self.synced_packs.push((id, len));
             writer.sync()?;
-            writer.seal()?;
+            let index = writer.seal()?;
+            // After the pack: an index object never names a pack the
+            // bucket does not hold.
+            if let Some(sidecar) = self.store.storage().sidecar() {
+                sidecar.put_pack_index(id, index)?;
+            }
         }
         Ok(())
     }
