@@ -292,7 +292,8 @@ fn failed(context: String, error: object_store::Error) -> Error {
     }
 }
 
-/// The error and its causes, each said once, on one line.
+/// The error and its causes on one line, short: the server's S3 error
+/// code and message when it sent one (not its XML), else the client's.
 fn one_line(error: &object_store::Error) -> String {
     let mut line = error.to_string();
     let mut cause = std::error::Error::source(error);
@@ -304,5 +305,34 @@ fn one_line(error: &object_store::Error) -> String {
         }
         cause = next.source();
     }
-    line.replace('\n', " ")
+    let line = line.replace('\n', " ");
+    let retries = between(&line, "after ", " retries").map(|n| format!(" (after {n} retries)"));
+    let retries = retries.unwrap_or_default();
+    if let Some(code) = between(&line, "<Code>", "</Code>") {
+        let message = between(&line, "<Message>", "</Message>").unwrap_or("");
+        let meaning = match code {
+            "NoSuchBucket" => "the bucket does not exist",
+            "SignatureDoesNotMatch"
+            | "InvalidAccessKeyId"
+            | "AccessDenied"
+            | "InvalidToken"
+            | "ExpiredToken" => "the server refused the credentials",
+            "SlowDown" | "ServiceUnavailable" | "InternalError" => {
+                "the server is overloaded or failing"
+            }
+            _ => "the server refused the request",
+        };
+        return format!("{meaning} ({code}: {message}){retries}");
+    }
+    if let Some(at) = line.find("error sending request") {
+        return format!("cannot reach the server: {}{retries}", &line[at..]);
+    }
+    line
+}
+
+/// The text between `start` and the next `end` in `text`.
+fn between<'t>(text: &'t str, start: &str, end: &str) -> Option<&'t str> {
+    let from = text.find(start)? + start.len();
+    let len = text[from..].find(end)?;
+    Some(&text[from..from + len])
 }
