@@ -270,8 +270,10 @@ fn cache_folder_deleted_under_a_mount_is_filled_again() {
 }
 
 #[test]
-fn gc_in_the_bucket_removes_dead_packs_and_orphans_after_their_grace() {
-    if !need_weed("gc_in_the_bucket_removes_dead_packs_and_orphans_after_their_grace") {
+fn gc_in_the_bucket_rewrites_sparse_packs_removes_dead_ones_and_orphans_after_their_grace() {
+    let test =
+        "gc_in_the_bucket_rewrites_sparse_packs_removes_dead_ones_and_orphans_after_their_grace";
+    if !need_weed(test) {
         return;
     }
     let fx = Fixture::new();
@@ -280,24 +282,40 @@ fn gc_in_the_bucket_removes_dead_packs_and_orphans_after_their_grace() {
     ok(fx.snapfs().args(["snapshot", "create", "vm", "old"]));
     let bucket = fx.weed.client(BUCKET);
     let old_packs = bucket.keys_ending("s", ".pack");
+    assert_eq!(old_packs.len(), 1, "{old_packs:?}");
+    common::overwrite_random(&disk, 0, 1 << 20, &mut rng);
+    ok(fx.snapfs().args(["snapshot", "create", "vm", "mid"]));
+    let mid = fx.path("mid.copy");
+    std::fs::copy(&disk, &mid).expect("copy the disk");
     write_random_file(&disk, 2 << 20, &mut rng);
     ok(fx.snapfs().args(["snapshot", "create", "vm", "new"]));
-    ok(fx.snapfs().args(["snapshot", "rm", "vm", "old"]));
-    // A pack a crashed writer uploaded and never committed.
-    let orphan = old_packs[0].replace(".pack", "").to_string();
-    let orphan = format!("{}ff.pack", &orphan[..orphan.len() - 2]);
-    bucket.put(&orphan, vec![7u8; 100]);
 
+    // Half of the old pack is dead: it is rewritten, its object goes.
+    ok(fx.snapfs().args(["snapshot", "rm", "vm", "old"]));
     let said = ok(fx.snapfs().args(["gc", "--min-dead", "0"]));
-    assert!(said.contains("1 packs removed"), "{said}");
-    let left = bucket.keys_ending("s", ".pack");
+    assert!(said.contains("1 packs rewritten"), "{said}");
+    assert!(!bucket.keys_ending("s", ".pack").contains(&old_packs[0]));
+    common::assert_same_file(&fx.export("vm", "mid"), &mid);
+
+    // All of mid's packs are dead now: removed.
+    ok(fx.snapfs().args(["snapshot", "rm", "vm", "mid"]));
+    let before = bucket.keys_ending("s", ".pack").len();
+    let said = ok(fx.snapfs().args(["gc", "--min-dead", "0"]));
+    assert!(!said.contains(" 0 packs removed"), "{said}");
+    assert!(bucket.keys_ending("s", ".pack").len() < before);
+
+    // A pack a crashed writer uploaded and never committed (id ff...).
+    let orphan = old_packs[0]
+        .rsplit_once('/')
+        .expect("a key in a folder")
+        .0
+        .to_string()
+        + "/ff00000000000000.pack";
+    bucket.put(&orphan, vec![7u8; 100]);
+    ok(fx.snapfs().arg("gc"));
     assert!(
-        old_packs.iter().all(|k| !left.contains(k)),
-        "dead pack removed"
-    );
-    assert!(
-        left.contains(&orphan),
-        "a young orphan stays: a writer may commit it"
+        bucket.keys_ending("s", ".pack").contains(&orphan),
+        "a young orphan stays: a writer may still commit it"
     );
     let said = ok(fx.snapfs().args(["gc", "--orphan-grace", "0"]));
     assert!(said.contains("1 uncommitted pack(s) removed"), "{said}");

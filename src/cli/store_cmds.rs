@@ -31,9 +31,9 @@ pub struct InitArgs {
     /// Keep the packs in an S3 bucket, under PREFIX (endpoint and credentials from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION); the index, catalog and a cache stay in the store directory
     #[arg(long, value_name = "s3://BUCKET[/PREFIX]")]
     packs: Option<S3Url>,
-    /// Most local disk the cache of pack data of a store in a bucket takes
-    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "2G")]
-    cache_size: u64,
+    /// With --packs or --from: most local disk the cache of pack data takes [default: 2G]
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    cache_size: Option<u64>,
     /// Rebuild this store from the store kept in a bucket (its settings come from there; the previous host must no longer use it)
     #[arg(long, value_name = "s3://BUCKET[/PREFIX]", conflicts_with_all = ["packs", "chunk_size", "compression", "level"])]
     from: Option<S3Url>,
@@ -83,8 +83,14 @@ pub struct StatsArgs {
 }
 
 pub fn init(dir: &Path, args: InitArgs) -> Result<()> {
+    let cache_bytes = match args.cache_size {
+        Some(_) if args.packs.is_none() && args.from.is_none() => {
+            bail!("--cache-size is the cache of a store in a bucket: give --packs or --from too")
+        }
+        size => size.unwrap_or(snapfs::store::backend::s3::DEFAULT_CACHE_BYTES),
+    };
     if let Some(url) = &args.from {
-        return init_from(dir, url, args.cache_size);
+        return init_from(dir, url, cache_bytes);
     }
     let chunk_size = u32::try_from(args.chunk_size)
         .map_err(|_| anyhow::anyhow!("chunk size {} is too large", args.chunk_size))?;
@@ -94,7 +100,7 @@ pub fn init(dir: &Path, args: InitArgs) -> Result<()> {
         zstd_level: args.level,
     };
     let packs = match &args.packs {
-        Some(url) => PacksConfig::S3(S3Config::new_store(url, args.cache_size)?),
+        Some(url) => PacksConfig::S3(S3Config::new_store(url, cache_bytes)?),
         None => PacksConfig::Local,
     };
     let repo = Repository::init_with(dir, config, packs)

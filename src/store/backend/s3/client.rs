@@ -9,6 +9,7 @@ use std::future::Future;
 use std::io::{self, Read};
 use std::ops::Range;
 use std::path::Path as FsPath;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -47,6 +48,37 @@ pub struct Bucket {
     runtime: tokio::runtime::Runtime,
     client: Arc<dyn ObjectStore>,
     name: String,
+    traffic: Traffic,
+}
+
+/// Requests made and bytes moved, for the log and the benchmark (retries
+/// inside the client are not counted separately).
+#[derive(Default)]
+pub struct Traffic {
+    pub requests: AtomicU64,
+    pub sent: AtomicU64,
+    pub received: AtomicU64,
+}
+
+impl Traffic {
+    fn count(&self, requests: u64, sent: u64, received: u64) {
+        self.requests.fetch_add(requests, Ordering::Relaxed);
+        self.sent.fetch_add(sent, Ordering::Relaxed);
+        self.received.fetch_add(received, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Bucket {
+    fn drop(&mut self) {
+        let t = &self.traffic;
+        log::info!(
+            "object store s3://{}: {} requests, {} bytes sent, {} bytes received",
+            self.name,
+            t.requests.load(Ordering::Relaxed),
+            t.sent.load(Ordering::Relaxed),
+            t.received.load(Ordering::Relaxed)
+        );
+    }
 }
 
 impl Bucket {
@@ -105,6 +137,7 @@ impl Bucket {
             runtime,
             client: Arc::new(client),
             name: bucket.to_string(),
+            traffic: Traffic::default(),
         })
     }
 
@@ -132,6 +165,7 @@ impl Bucket {
             mode: PutMode::Create,
             ..PutOptions::default()
         };
+        self.traffic.count(1, bytes.len() as u64, 0);
         let location = Path::from(key);
         let put = self
             .client
@@ -156,6 +190,9 @@ impl Bucket {
             file.read_to_end(&mut bytes).map_err(local)?;
             return self.put_new(key, bytes);
         }
+        // Start, parts, completion.
+        let parts = len.div_ceil(PART_SIZE as u64);
+        self.traffic.count(parts + 2, len, 0);
         let location = Path::from(key);
         let upload = async {
             let upload = self.client.put_multipart(&location).await?;
@@ -217,6 +254,7 @@ impl Bucket {
             result.bytes().await
         };
         let bytes = self.wait(&what, get)?.map_err(|e| failed(what, e))?;
+        self.traffic.count(1, 0, bytes.len() as u64);
         Ok(bytes.to_vec())
     }
 
@@ -225,6 +263,7 @@ impl Bucket {
         let what = format!("looking up {}", self.url(key));
         let location = Path::from(key);
         let head = self.client.head(&location);
+        self.traffic.count(1, 0, 0);
         let meta = self.wait(&what, head)?.map_err(|e| failed(what, e))?;
         Ok(meta.size)
     }
@@ -235,6 +274,8 @@ impl Bucket {
         let prefix = Path::from(folder);
         let list = self.client.list(Some(&prefix)).try_collect::<Vec<_>>();
         let found = self.wait(&what, list)?.map_err(|e| failed(what, e))?;
+        // One request per page of 1000 keys.
+        self.traffic.count(found.len() as u64 / 1000 + 1, 0, 0);
         Ok(found
             .into_iter()
             .map(|meta| Listed {
@@ -249,6 +290,7 @@ impl Bucket {
     pub fn folders(&self, folder: &str) -> Result<Vec<String>> {
         let what = format!("listing {}/", self.url(folder));
         let prefix = Path::from(folder);
+        self.traffic.count(1, 0, 0);
         let list = self.client.list_with_delimiter(Some(&prefix));
         let found = self.wait(&what, list)?.map_err(|e| failed(what, e))?;
         Ok(found
@@ -262,6 +304,7 @@ impl Bucket {
     pub fn delete(&self, key: &str) -> Result<()> {
         let what = format!("removing {}", self.url(key));
         let location = Path::from(key);
+        self.traffic.count(1, 0, 0);
         let delete = self.client.delete(&location);
         match self.wait(&what, delete)? {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),

@@ -13,7 +13,7 @@ pub mod keys;
 use std::collections::{HashMap, HashSet};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
@@ -102,6 +102,20 @@ pub struct S3Packs {
     /// The last block verify fetched fresh, so that the next chunks of the
     /// same block cost no request.
     fresh: Mutex<Option<FreshBlock>>,
+    /// Blocks being fetched now: readers of the same block (read-ahead
+    /// threads of one sequential reader) wait for one request.
+    fetching: Mutex<HashMap<(u64, u64), Arc<Fetch>>>,
+}
+
+/// A fetched block, or the kind and text of the error.
+type Fetched = std::result::Result<Arc<Vec<u8>>, (io::ErrorKind, String)>;
+
+/// One block being fetched, and the readers waiting for it.
+#[derive(Default)]
+struct Fetch {
+    /// Some once the fetch ended: the bytes, or why not.
+    outcome: Mutex<Option<Fetched>>,
+    ended: Condvar,
 }
 
 /// (pack, block) and its bytes.
@@ -163,6 +177,7 @@ impl S3Packs {
             lengths: Arc::default(),
             cache,
             fresh: Mutex::new(None),
+            fetching: Mutex::new(HashMap::new()),
         })
     }
 
@@ -214,13 +229,56 @@ impl S3Packs {
                 let bytes = self.fresh_block(id, block, pack_len)?;
                 copy_part(&bytes, within, part, &self.pack_name(id))?;
             } else if !self.cache.read(id, block, within, part) {
-                let bytes = self.fetch_block(id, block, pack_len)?;
+                let bytes = self.shared_fetch(id, block, pack_len)?;
                 copy_part(&bytes, within, part, &self.pack_name(id))?;
-                self.cache.insert(id, block, &bytes);
             }
             done += n;
         }
         Ok(())
+    }
+
+    /// Block `block` of pack `id` from the bucket into the cache; a reader
+    /// asking while another fetches it waits for that fetch.
+    fn shared_fetch(&self, id: u64, block: u64, pack_len: u64) -> Result<Arc<Vec<u8>>> {
+        let key = (id, block);
+        let (fetch, mine) = {
+            let mut fetching = locked(&self.fetching);
+            match fetching.get(&key) {
+                Some(fetch) => (fetch.clone(), false),
+                None => {
+                    let fetch = Arc::new(Fetch::default());
+                    fetching.insert(key, fetch.clone());
+                    (fetch, true)
+                }
+            }
+        };
+        if !mine {
+            let mut outcome = locked(&fetch.outcome);
+            loop {
+                match outcome.as_ref() {
+                    Some(Ok(bytes)) => return Ok(bytes.clone()),
+                    // The same failure, with its kind (damage or not).
+                    Some(Err((kind, why))) => {
+                        return Err(Error::Io {
+                            context: format!("reading {}", self.pack_name(id)),
+                            source: io::Error::new(*kind, why.clone()),
+                        })
+                    }
+                    None => outcome = fetch.ended.wait(outcome).unwrap_or_else(|e| e.into_inner()),
+                }
+            }
+        }
+        let fetched = self.fetch_block(id, block, pack_len).map(Arc::new);
+        if let Ok(bytes) = &fetched {
+            self.cache.insert(id, block, bytes);
+        }
+        *locked(&fetch.outcome) = Some(match &fetched {
+            Ok(bytes) => Ok(bytes.clone()),
+            Err(e) => Err((io_kind(e), e.to_string())),
+        });
+        fetch.ended.notify_all();
+        locked(&self.fetching).remove(&key);
+        fetched
     }
 
     fn fresh_block(&self, id: u64, block: u64, pack_len: u64) -> Result<Arc<Vec<u8>>> {
@@ -244,6 +302,13 @@ impl S3Packs {
             .into_iter()
             .filter_map(|o| keys::parse_name(&o.key).map(|named| (named, o.size, o.modified)))
             .collect())
+    }
+}
+
+fn io_kind(error: &Error) -> io::ErrorKind {
+    match error {
+        Error::Io { source, .. } => source.kind(),
+        _ => io::ErrorKind::Other,
     }
 }
 
@@ -346,7 +411,10 @@ impl PackStorage for S3Packs {
 
     fn remove(&self, id: u64) -> Result<()> {
         if self.staged().remove(&id) {
-            self.staging.remove(id)?;
+            // Never uploaded by us (a failed seal): nothing of it is in the
+            // bucket, unless a PUT whose answer was lost stored it; gc
+            // removes such an orphan after its grace period.
+            return self.staging.remove(id);
         }
         // The index object first: an index never names a missing pack.
         self.bucket.delete(&self.keys.pack_index(id))?;
