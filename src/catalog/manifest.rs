@@ -2,9 +2,13 @@
 //! accomplished snapshot also gets a small object there (the snapshot's
 //! record and its disk's), so that the bucket alone rebuilds the catalog
 //! (`init --from`). The local catalog stays the truth: a manifest is
-//! written after the commit, removed with the snapshot, and whatever a
-//! failure left behind is put right by [`Catalog::sync_manifests`] at the
-//! next open. Layout: FORMAT.md, "Snapshot manifest object".
+//! written after the commit and removed with the snapshot; a write that
+//! failed is made again, and a removal that failed (kept in the
+//! `manifest_removals` tree) is tried again, by [`Catalog::sync_manifests`]
+//! at the next commit or open. A sync never removes a manifest it was not
+//! told to: one that only the bucket knows may be a snapshot `init --from`
+//! could not import, which a person should see. Layout: FORMAT.md,
+//! "Snapshot manifest object".
 
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
@@ -86,19 +90,27 @@ impl Catalog {
         self.publish(record);
     }
 
-    /// Makes the bucket's manifests those of the catalog: writes the
-    /// missing, removes those of snapshots no longer in it.
+    /// Puts right what failed earlier: removes the manifests whose
+    /// removal failed, writes those of snapshots that have none.
     pub fn sync_manifests(&self) -> Result<()> {
         let Some(sidecar) = self.remote.as_ref().and_then(|s| s.sidecar()) else {
             return Ok(());
         };
         self.manifests_behind.store(false, Ordering::SeqCst);
-        let there: HashSet<u64> = sidecar.manifests()?.into_iter().collect();
         let records = self.snapshots(None)?;
         let wanted: HashSet<u64> = records.iter().map(|r| r.id).collect();
-        for id in there.difference(&wanted) {
-            sidecar.remove_manifest(*id)?;
+        for item in self.manifest_removals.iter() {
+            let (key, _) = item?;
+            let Ok(id) = <[u8; 8]>::try_from(key.as_ref()).map(u64::from_be_bytes) else {
+                continue;
+            };
+            if !wanted.contains(&id) {
+                sidecar.remove_manifest(id)?;
+            }
+            self.manifest_removals.remove(key)?;
         }
+        self.manifest_removals.flush()?;
+        let there: HashSet<u64> = sidecar.manifests()?.into_iter().collect();
         for record in records.iter().filter(|r| !there.contains(&r.id)) {
             self.publish(record);
         }

@@ -184,6 +184,8 @@ pub struct Catalog {
     remote: Option<Arc<dyn PackStorage>>,
     /// A manifest write or removal failed since the last sync.
     manifests_behind: AtomicBool,
+    /// Snapshot ids whose manifest removal failed (see manifest.rs).
+    manifest_removals: sled::Tree,
 }
 
 impl Catalog {
@@ -196,6 +198,7 @@ impl Catalog {
             generation: AtomicU64::new(0),
             remote: Some(store.storage_arc()).filter(|s| s.sidecar().is_some()),
             manifests_behind: AtomicBool::new(false),
+            manifest_removals: store.open_tree("manifest_removals")?,
         })
     }
 

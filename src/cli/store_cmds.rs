@@ -31,7 +31,7 @@ pub struct InitArgs {
     /// Keep the packs in an S3 bucket, under PREFIX (endpoint and credentials from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION); the index, catalog and a cache stay in the store directory
     #[arg(long, value_name = "s3://BUCKET[/PREFIX]")]
     packs: Option<S3Url>,
-    /// With --packs or --from: most local disk the cache of pack data takes [default: 2G]
+    /// Most local disk the cache of pack data takes (a store in a bucket only) [default: 2G]
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     cache_size: Option<u64>,
     /// Rebuild this store from the store kept in a bucket (its settings come from there; the previous host must no longer use it)
