@@ -114,8 +114,7 @@ snapfs_round() {
     mkdir -p "$dir"
     rm -rf "$store" "$out"
     if [[ $tag == s3 ]]; then
-        make_bucket "snapfs-$n"
-        logged "$tag" "${sf[@]}" init --packs "s3://snapfs-$n/bench" --cache-size 8G
+        logged "$tag" "${sf[@]}" init --packs "s3://snapfs-bench/round-$n" --cache-size 8G
     else
         logged "$tag" "${sf[@]}" init
     fi
@@ -141,8 +140,7 @@ snapfs_round() {
 }
 
 restic_round() {
-    local n=$1 repo="s3:http://127.0.0.1:$S3_PORT/restic-$1"
-    make_bucket "restic-$n"
+    local n=$1 repo="s3:http://127.0.0.1:$S3_PORT/restic-bench/round-$1"
     logged restic "${AWS[@]}" restic -r "$repo" init
     measure restic first "restic-$n-first" "${AWS[@]}" restic -r "$repo" backup "$WL/disk-v1.img"
 }
@@ -195,6 +193,10 @@ main() {
     cp "$SNAPFS" "$SNAPFS_BIN"
     start_weed
     set_aws
+    # One bucket per tool: each bucket is a SeaweedFS collection with
+    # volumes of its own, and the server has room for few.
+    make_bucket snapfs-bench
+    make_bucket restic-bench
     local n tag orders=("local s3 restic" "s3 restic local" "restic local s3")
     for ((n = 1; n <= BENCH_ROUNDS; n++)); do
         for tag in ${orders[$(((n - 1) % 3))]}; do

@@ -134,7 +134,7 @@ fn server_dying_mid_upload_fails_the_snapshot_and_the_next_one_works() {
     let mut rng = Rng::new(22);
     // Incompressible and over 16 MiB: one pack uploaded in parts.
     let disk = fx.disk("vm", 20 << 20, &mut rng);
-    fx.proxy.set(Behaviour::DieMidUpload);
+    fx.proxy.set(Behaviour::DieMidUpload(0));
     let ran = run(fx.snapfs().args(["snapshot", "create", "vm", "lost"]));
     assert_eq!(ran.code, Some(1), "{ran:?}");
     let lines: Vec<&str> = ran
@@ -165,6 +165,48 @@ fn server_dying_mid_upload_fails_the_snapshot_and_the_next_one_works() {
     ok(fx.snapfs().args(["snapshot", "create", "vm", "next"]));
     common::assert_same_file(&fx.export("vm", "next"), &disk);
     ok(fx.snapfs().arg("verify"));
+}
+
+#[test]
+fn snapshot_of_several_packs_survives_a_server_dying_in_its_second_upload() {
+    let test = "snapshot_of_several_packs_survives_a_server_dying_in_its_second_upload";
+    if !need_weed(test) {
+        return;
+    }
+    let fx = Fixture::new();
+    let mut rng = Rng::new(27);
+    // Incompressible, over two packs of 128 MiB: the first is uploaded
+    // while the second fills, and committed before the snapshot ends.
+    let disk = fx.disk("vm", 300 << 20, &mut rng);
+    // 8 MiB parts: 16 make the first pack; die in the second.
+    fx.proxy.set(Behaviour::DieMidUpload(20));
+    let ran = run(fx.snapfs().args(["snapshot", "create", "vm", "lost"]));
+    assert_eq!(ran.code, Some(1), "{ran:?}");
+    assert!(fx.proxy.forwarded() > 16, "the first pack went up");
+    fx.proxy.set(Behaviour::Forward);
+    assert!(!fx.snapshots().contains("lost"));
+    ok(fx.snapfs().args(["snapshot", "create", "vm", "next"]));
+    common::assert_same_file(&fx.export("vm", "next"), &disk);
+    let bucket = fx.weed.client(BUCKET);
+    // What the failed snapshot left in the bucket is dead: gc removes it.
+    ok(fx.snapfs().args(["gc", "--min-dead", "0"]));
+    assert_eq!(
+        bucket.keys_ending("s", ".pack").len(),
+        3,
+        "the packs of next only"
+    );
+    assert_eq!(bucket.keys_ending("s", ".index").len(), 3);
+    ok(fx.snapfs().arg("verify"));
+    // And the bucket alone has it all.
+    let again = fx.path("again");
+    let mut rebuild = snapfs(&again);
+    fx.weed.env(&mut rebuild, Some(&fx.proxy.endpoint()));
+    ok(rebuild.args(["init", "--from", &format!("s3://{BUCKET}/s")]));
+    let mut export = snapfs(&again);
+    fx.weed.env(&mut export, Some(&fx.proxy.endpoint()));
+    let out = fx.path("again.export");
+    ok(export.args(["export", "vm", "next", "-o"]).arg(&out));
+    common::assert_same_file(&out, &disk);
 }
 
 #[test]

@@ -19,9 +19,10 @@ pub enum Behaviour {
     SlowDown(u64),
     /// Close every connection without an answer (a server that is down).
     Down,
-    /// Forward requests until one carries a body of more than 1 MiB:
-    /// send half of it, then behave as `Down` (killed mid-upload).
-    DieMidUpload,
+    /// Forward this many requests with a body of more than 1 MiB, then
+    /// send half of the next one and behave as `Down` (a server killed
+    /// mid-upload).
+    DieMidUpload(u64),
 }
 
 struct State {
@@ -143,7 +144,14 @@ fn serve(client: TcpStream, upstream_port: u16, state: &State) {
                     return;
                 }
             }
-            Behaviour::DieMidUpload if body.len() > 1 << 20 => {
+            Behaviour::DieMidUpload(n) if n > 0 && body.len() > 1 << 20 => {
+                *state.behaviour.lock().unwrap() = Behaviour::DieMidUpload(n - 1);
+                state.forwarded.fetch_add(1, Ordering::SeqCst);
+                forward(&head, &body, &mut client, upstream_port);
+                let _ = client.shutdown(Shutdown::Both);
+                return;
+            }
+            Behaviour::DieMidUpload(_) if body.len() > 1 << 20 => {
                 *state.behaviour.lock().unwrap() = Behaviour::Down;
                 state.dropped.fetch_add(1, Ordering::SeqCst);
                 if let Ok(mut upstream) = TcpStream::connect(("127.0.0.1", upstream_port)) {

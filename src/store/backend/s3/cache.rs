@@ -87,6 +87,11 @@ impl PackCache {
         self.dir.join(format!("{pack:016x}-{block:08x}"))
     }
 
+    /// True when block `block` of `pack` is cached (not counted as a use).
+    pub fn has(&self, pack: u64, block: u64) -> bool {
+        self.lock().blocks.contains(&(pack, block))
+    }
+
     /// Fills `buf` from `offset` in block `block` of `pack`, if cached
     /// with enough bytes.
     pub fn read(&self, pack: u64, block: u64, offset: u64, buf: &mut [u8]) -> bool {

@@ -246,6 +246,35 @@ impl Bucket {
         Ok(bytes.to_vec())
     }
 
+    /// `get_range` on the runtime, without waiting: `done` gets the bytes
+    /// (on a blocking thread of the runtime, so that it may write files).
+    pub fn get_range_in_background(
+        &self,
+        key: &str,
+        range: Range<u64>,
+        done: impl FnOnce(Result<Vec<u8>>) + Send + 'static,
+    ) {
+        let client = self.client.clone();
+        let what = format!("reading {} at {}", self.url(key), range.start);
+        let location = Path::from(key);
+        let want = range.end - range.start;
+        self.traffic.count(1, 0, want);
+        self.runtime.spawn(async move {
+            let fetched = match client.get_range(&location, range).await {
+                Ok(bytes) if bytes.len() as u64 == want => Ok(bytes.to_vec()),
+                Ok(bytes) => Err(Error::Io {
+                    context: what,
+                    source: io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!("got {} of {want} bytes", bytes.len()),
+                    ),
+                }),
+                Err(e) => Err(failed(what, e)),
+            };
+            let _ = tokio::task::spawn_blocking(move || done(fetched)).await;
+        });
+    }
+
     /// The whole object at `key`.
     pub fn get(&self, key: &str) -> Result<Vec<u8>> {
         let what = format!("reading {}", self.url(key));

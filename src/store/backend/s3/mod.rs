@@ -8,12 +8,13 @@
 
 mod cache;
 mod client;
+mod fetch;
 pub mod keys;
 
 use std::collections::{HashMap, HashSet};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
@@ -98,24 +99,12 @@ pub struct S3Packs {
     staged: Arc<Mutex<HashSet<u64>>>,
     /// Lengths of remote packs, from listings and uploads.
     lengths: Arc<Mutex<HashMap<u64, u64>>>,
-    cache: PackCache,
+    cache: Arc<PackCache>,
     /// The last block verify fetched fresh, so that the next chunks of the
     /// same block cost no request.
     fresh: Mutex<Option<FreshBlock>>,
-    /// Blocks being fetched now: readers of the same block (read-ahead
-    /// threads of one sequential reader) wait for one request.
-    fetching: Mutex<HashMap<(u64, u64), Arc<Fetch>>>,
-}
-
-/// A fetched block, or the kind and text of the error.
-type Fetched = std::result::Result<Arc<Vec<u8>>, (io::ErrorKind, String)>;
-
-/// One block being fetched, and the readers waiting for it.
-#[derive(Default)]
-struct Fetch {
-    /// Some once the fetch ended: the bytes, or why not.
-    outcome: Mutex<Option<Fetched>>,
-    ended: Condvar,
+    /// Fetches of blocks into the cache (one per block, read-ahead).
+    fetcher: fetch::Fetcher,
 }
 
 /// (pack, block) and its bytes.
@@ -167,17 +156,21 @@ impl S3Packs {
         for pack in staging.list()? {
             staging.remove(pack.id)?;
         }
-        let cache = PackCache::open(root.join(CACHE_FOLDER), config.cache_bytes)?;
+        let cache = Arc::new(PackCache::open(
+            root.join(CACHE_FOLDER),
+            config.cache_bytes,
+        )?);
+        let bucket = Arc::new(bucket);
         Ok(S3Packs {
             url: config.url().to_string() + "/stores/" + &config.store_id,
-            bucket: Arc::new(bucket),
+            fetcher: fetch::Fetcher::new(bucket.clone(), cache.clone()),
+            bucket,
             keys,
             staging: Arc::new(staging),
             staged: Arc::default(),
             lengths: Arc::default(),
             cache,
             fresh: Mutex::new(None),
-            fetching: Mutex::new(HashMap::new()),
         })
     }
 
@@ -229,56 +222,13 @@ impl S3Packs {
                 let bytes = self.fresh_block(id, block, pack_len)?;
                 copy_part(&bytes, within, part, &self.pack_name(id))?;
             } else if !self.cache.read(id, block, within, part) {
-                let bytes = self.shared_fetch(id, block, pack_len)?;
+                let key = self.keys.pack(id);
+                let bytes = self.fetcher.get(id, &key, block, pack_len)?;
                 copy_part(&bytes, within, part, &self.pack_name(id))?;
             }
             done += n;
         }
         Ok(())
-    }
-
-    /// Block `block` of pack `id` from the bucket into the cache; a reader
-    /// asking while another fetches it waits for that fetch.
-    fn shared_fetch(&self, id: u64, block: u64, pack_len: u64) -> Result<Arc<Vec<u8>>> {
-        let key = (id, block);
-        let (fetch, mine) = {
-            let mut fetching = locked(&self.fetching);
-            match fetching.get(&key) {
-                Some(fetch) => (fetch.clone(), false),
-                None => {
-                    let fetch = Arc::new(Fetch::default());
-                    fetching.insert(key, fetch.clone());
-                    (fetch, true)
-                }
-            }
-        };
-        if !mine {
-            let mut outcome = locked(&fetch.outcome);
-            loop {
-                match outcome.as_ref() {
-                    Some(Ok(bytes)) => return Ok(bytes.clone()),
-                    // The same failure, with its kind (damage or not).
-                    Some(Err((kind, why))) => {
-                        return Err(Error::Io {
-                            context: format!("reading {}", self.pack_name(id)),
-                            source: io::Error::new(*kind, why.clone()),
-                        })
-                    }
-                    None => outcome = fetch.ended.wait(outcome).unwrap_or_else(|e| e.into_inner()),
-                }
-            }
-        }
-        let fetched = self.fetch_block(id, block, pack_len).map(Arc::new);
-        if let Ok(bytes) = &fetched {
-            self.cache.insert(id, block, bytes);
-        }
-        *locked(&fetch.outcome) = Some(match &fetched {
-            Ok(bytes) => Ok(bytes.clone()),
-            Err(e) => Err((io_kind(e), e.to_string())),
-        });
-        fetch.ended.notify_all();
-        locked(&self.fetching).remove(&key);
-        fetched
     }
 
     fn fresh_block(&self, id: u64, block: u64, pack_len: u64) -> Result<Arc<Vec<u8>>> {
@@ -305,15 +255,8 @@ impl S3Packs {
     }
 }
 
-fn io_kind(error: &Error) -> io::ErrorKind {
-    match error {
-        Error::Io { source, .. } => source.kind(),
-        _ => io::ErrorKind::Other,
-    }
-}
-
 /// A panic while holding these sets cannot leave them inconsistent.
-fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(super) fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
