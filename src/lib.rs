@@ -38,7 +38,10 @@
 //! Pack bytes are fsynced before the index entries and the catalog change
 //! that reference them commit in one sled transaction; sled is flushed
 //! after every commit. A crash leaves the last committed state; the next
-//! open cuts uncommitted pack tails. Every chunk read is re-hashed.
+//! open cuts uncommitted pack tails. Every chunk read is re-hashed. A store
+//! whose packs are in a bucket commits a pack only once the server has
+//! confirmed its upload and its index object; a snapshot's manifest follows
+//! its commit (store::backend::s3, catalog::manifest).
 //!
 //! # Locking
 //!

@@ -17,7 +17,8 @@
 //! the bytes mean (records, header, verification), the backend where they
 //! live. Nothing else in the crate touches a pack.
 //!
-//! Durability order: pack bytes are fsynced (and sealed), then the index
+//! Durability order: pack bytes are fsynced (and sealed: a remote backend
+//! uploads them, and the pack's index object follows), then the index
 //! entries, the packs' committed lengths and the catalog change commit in
 //! one sled transaction, then sled is flushed. At open, bytes past a pack's
 //! committed length and packs with no committed length are removed.
