@@ -210,6 +210,41 @@ fn snapshot_of_several_packs_survives_a_server_dying_in_its_second_upload() {
 }
 
 #[test]
+fn gc_with_no_grace_beside_a_running_snapshot_keeps_its_packs() {
+    let test = "gc_with_no_grace_beside_a_running_snapshot_keeps_its_packs";
+    if !need_weed(test) || !common::need_fuse(test) {
+        return;
+    }
+    let fx = Fixture::new();
+    let mut rng = Rng::new(28);
+    let disk = fx.disk("vm", 300 << 20, &mut rng);
+    ok(fx.snapfs().args(["snapshot", "create", "vm", "old"]));
+    write_random_file(&disk, 300 << 20, &mut rng);
+    ok(fx.snapfs().args(["snapshot", "rm", "vm", "old"]));
+    let mount = Mount::start_env(&fx.store, &[], &fx.envs());
+    let create = mount.disk("vm").join(".create");
+    let snapshot = std::thread::spawn(move || std::fs::write(create, "new\n"));
+    // gc through the mount, again and again, while the snapshot uploads
+    // and commits its packs: none of them is an orphan.
+    let mut passes = 0;
+    while !snapshot.is_finished() {
+        ok(fx
+            .snapfs()
+            .args(["gc", "--min-dead", "0", "--orphan-grace", "0"]));
+        passes += 1;
+    }
+    snapshot
+        .join()
+        .expect("the snapshot thread")
+        .expect("the snapshot through .create");
+    assert!(passes > 0);
+    common::assert_same_file(&mount.disk("vm").join("new"), &disk);
+    drop(mount);
+    ok(fx.snapfs().arg("verify"));
+    common::assert_same_file(&fx.export("vm", "new"), &disk);
+}
+
+#[test]
 fn reads_while_the_server_is_unreachable_fail_with_eio_and_work_again_after() {
     let test = "reads_while_the_server_is_unreachable_fail_with_eio_and_work_again_after";
     if !need_weed(test) || !common::need_fuse(test) {

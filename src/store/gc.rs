@@ -39,8 +39,10 @@ pub struct GcReport {
     pub orphans_removed: u64,
 }
 
-/// How old an uncommitted pack in a bucket must be before gc removes it: a
-/// snapshot running now may have uploaded it and not yet committed.
+/// How old an uncommitted pack in a bucket must be before gc removes it.
+/// The packs of sessions of this process are kept whatever their age; the
+/// grace period is for a writer gc does not know of (another host taking
+/// over the same store by mistake).
 pub const ORPHAN_GRACE: std::time::Duration = std::time::Duration::from_secs(3600);
 
 #[derive(Default)]
@@ -90,7 +92,13 @@ fn remove_orphans(store: &Store, grace: std::time::Duration) -> Result<u64> {
     let _one_at_a_time = store.gc_run.lock().unwrap_or_else(|e| e.into_inner());
     let mut removed = 0;
     for pack in store.storage().settled(grace)? {
-        if store.committed_pack_len(pack.id)?.is_none() {
+        // A pack of a session still writing (here: one process has the
+        // store) is no orphan, whatever its age; its ids are never reused.
+        let open = || {
+            let coord = store.gc_coord.lock().unwrap_or_else(|e| e.into_inner());
+            coord.open_packs.contains(&pack.id)
+        };
+        if !open() && store.committed_pack_len(pack.id)?.is_none() {
             log::info!("removing the uncommitted pack {}", store.pack_name(pack.id));
             store.remove_pack(pack.id)?;
             removed += 1;

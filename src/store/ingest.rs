@@ -61,6 +61,8 @@ pub struct Ingest<'s> {
     /// A full pack being sealed (uploaded, for a remote store) while the
     /// next one fills; its entries commit once that ended.
     sealing: Option<Sealing>,
+    /// Every pack this session created (registered as open for gc).
+    created: Vec<u64>,
     /// What a failed session asks about before it gives back the packs it
     /// committed early (None for gc itself).
     roots: Option<&'s dyn Roots>,
@@ -97,6 +99,7 @@ impl<'s> Ingest<'s> {
             unchecked_room: 0,
             committed: false,
             sealing: None,
+            created: Vec::new(),
         }
     }
 
@@ -174,6 +177,13 @@ impl<'s> Ingest<'s> {
         self.unchecked_room -= need;
         if self.writer.is_none() {
             let id = self.store.new_pack_id()?;
+            // gc's own session is not registered: it holds gc_coord while
+            // it writes, and its packs are committed or removed within its
+            // pass, before it looks for orphans.
+            if self.session.is_some() {
+                self.lock_coord().open_packs.insert(id);
+                self.created.push(id);
+            }
             self.writer = Some(PackWriter::create(self.store.storage(), id)?);
         }
         let Some(writer) = self.writer.as_mut() else {
@@ -274,17 +284,34 @@ impl<'s> Ingest<'s> {
         self.commit_inner(Some((extra, change)), None)?;
         self.committed = true;
         self.unregister();
+        self.close_packs();
         Ok(())
+    }
+
+    fn lock_coord(&self) -> std::sync::MutexGuard<'_, super::GcCoordination> {
+        self.store
+            .gc_coord
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     fn unregister(&mut self) {
         if let Some(id) = self.session.take() {
-            self.store
-                .gc_coord
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .sessions
-                .remove(&id);
+            self.lock_coord().sessions.remove(&id);
+        }
+    }
+
+    /// The packs this session made are no longer open: committed (gc
+    /// sees their lengths) or removed.
+    fn close_packs(&mut self) {
+        let created = std::mem::take(&mut self.created);
+        if created.is_empty() {
+            // gc's session creates none, and may hold gc_coord here.
+            return;
+        }
+        let mut coord = self.lock_coord();
+        for id in created {
+            coord.open_packs.remove(&id);
         }
     }
 
@@ -367,6 +394,9 @@ impl Drop for Ingest<'_> {
         if let Some(sealing) = self.sealing.take() {
             let _ = sealing.thread.join();
         }
+        // Closed whatever happens below: what stays uncommitted in a
+        // bucket is an orphan for gc from now on.
+        self.close_packs();
         let mut uncommitted: Vec<u64> = self.synced_packs.iter().map(|(id, _)| *id).collect();
         if let Some(writer) = self.writer.take() {
             uncommitted.push(writer.id());

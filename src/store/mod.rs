@@ -218,6 +218,10 @@ pub(crate) struct GcCoordination {
     pub next_session: u64,
     /// While gc sweeps: hashes referenced since its mark began.
     pub touched: Option<HashSet<ChunkHash>>,
+    /// Packs that writing sessions (gc's too) created and have not given
+    /// up: gc never removes one of them as an orphan, however young the
+    /// grace period.
+    pub open_packs: HashSet<u64>,
 }
 
 impl Store {
