@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -207,6 +207,59 @@ fn snapshot_of_several_packs_survives_a_server_dying_in_its_second_upload() {
     let out = fx.path("again.export");
     ok(export.args(["export", "vm", "next", "-o"]).arg(&out));
     common::assert_same_file(&out, &disk);
+}
+
+#[test]
+fn server_killed_during_a_snapshot_fails_it_and_after_a_restart_the_next_works() {
+    let test = "server_killed_during_a_snapshot_fails_it_and_after_a_restart_the_next_works";
+    if !need_weed(test) {
+        return;
+    }
+    let mut fx = Fixture::new();
+    let mut rng = Rng::new(29);
+    let disk = fx.disk("vm", 300 << 20, &mut rng);
+    let mut create = fx.snapfs();
+    create
+        .args(["snapshot", "create", "vm", "lost"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let mut child = create.spawn().expect("start snapshot create");
+    // Once the first pack is in the bucket, the server is killed (SIGKILL)
+    // while the next packs are written and uploaded.
+    let bucket = fx.weed.client(BUCKET);
+    let mut killed_mid_way = false;
+    loop {
+        if child.try_wait().expect("poll snapshot create").is_some() {
+            break;
+        }
+        if !bucket.keys_ending("s", ".pack").is_empty() {
+            fx.weed.kill();
+            killed_mid_way = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().expect("snapshot create ends");
+    fx.weed.restart();
+    if killed_mid_way {
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            stderr.lines().filter(|l| l.starts_with("snapfs: ")).count(),
+            1,
+            "{stderr}"
+        );
+        assert!(!fx.snapshots().contains("lost"));
+    } else {
+        // The snapshot beat the poll; nothing was killed mid-way.
+        let _ = writeln!(
+            std::io::stderr(),
+            "NOTE {test}: the snapshot ended before the kill"
+        );
+    }
+    ok(fx.snapfs().args(["snapshot", "create", "vm", "next"]));
+    common::assert_same_file(&fx.export("vm", "next"), &disk);
+    ok(fx.snapfs().arg("verify"));
 }
 
 #[test]
