@@ -79,12 +79,43 @@ pub struct Seaweed {
     child: Option<Child>,
     dir: TempDir,
     ports: Vec<u16>,
+    /// Buckets made, so that a restart waits until the S3 API lists them.
+    buckets: std::cell::RefCell<Vec<String>>,
+    _slot: Slot,
+}
+
+/// Servers running at once in one test binary: each is several heavy
+/// processes in one, and the tests of a binary run in parallel.
+const MAX_SERVERS: usize = 2;
+static RUNNING: std::sync::Mutex<usize> = std::sync::Mutex::new(0);
+static FREED: std::sync::Condvar = std::sync::Condvar::new();
+
+/// One of the `MAX_SERVERS` places, given back on drop.
+struct Slot;
+
+impl Slot {
+    fn take() -> Slot {
+        let mut running = RUNNING.lock().unwrap_or_else(|e| e.into_inner());
+        while *running >= MAX_SERVERS {
+            running = FREED.wait(running).unwrap_or_else(|e| e.into_inner());
+        }
+        *running += 1;
+        Slot
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        *RUNNING.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
+        FREED.notify_one();
+    }
 }
 
 impl Seaweed {
     /// Starts a server and waits until its S3 API answers. Call
     /// `need_weed` first.
     pub fn start() -> Seaweed {
+        let slot = Slot::take();
         let dir = tempfile::Builder::new()
             .prefix("snapfs-weed-")
             .tempdir()
@@ -99,6 +130,8 @@ impl Seaweed {
             child: None,
             dir,
             ports: free_ports(8),
+            buckets: std::cell::RefCell::new(Vec::new()),
+            _slot: slot,
         };
         weed.spawn();
         weed
@@ -183,6 +216,11 @@ impl Seaweed {
             matches!(status, Some(200..=299) | Some(409)),
             "creating bucket {bucket}: {status:?}"
         );
+        self.buckets.borrow_mut().push(bucket.to_string());
+        self.wait_listed(bucket);
+    }
+
+    fn wait_listed(&self, bucket: &str) {
         let client = self.client(bucket);
         let started = Instant::now();
         loop {
@@ -221,6 +259,10 @@ impl Seaweed {
     pub fn restart(&mut self) {
         self.kill();
         self.spawn();
+        let buckets = self.buckets.borrow().clone();
+        for bucket in buckets {
+            self.wait_listed(&bucket);
+        }
     }
 }
 
