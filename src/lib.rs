@@ -19,7 +19,7 @@
 //!
 //! | module | owns | never |
 //! |---|---|---|
-//! | [`store`] | chunks: pack records, the sled index, the cache, crash recovery, gc (handed its [`store::gc::Roots`]); pack bytes behind [`store::backend::PackStorage`] (the local folder; a fault-injecting decorator for tests) | knows disks, snapshots or maps |
+//! | [`store`] | chunks: pack records, the sled index, the cache, crash recovery, gc (handed its [`store::gc::Roots`]); pack bytes behind [`store::backend::PackStorage`] (the local folder, an S3 bucket with a local cache, a fault-injecting decorator for tests) | knows disks, snapshots or maps |
 //! | [`map`] | snapshot maps: content-addressed pages (a small Merkle tree), reader, builder on a parent, pins of open maps | writes the catalog |
 //! | [`catalog`] | disks, snapshots, policies, names: the only writer of those sled trees | reads chunks |
 //! | [`repository`] | an open store: the store, the catalog, the disks busy with a snapshot or rollback, the pins | |
@@ -31,13 +31,17 @@
 //! | [`fuse`] | the fuser adapter: match, reply, log each error once | holds state |
 //! | [`control`] | the `.control` request/response format, shared by mount and CLI | |
 //! | [`verify`], [`stats`] | whole-store reads | |
+//! | [`rebuild`] | `init --from`: a new local store from a bucket's objects (pack indexes, snapshot manifests) | |
 //!
 //! # Durability
 //!
 //! Pack bytes are fsynced before the index entries and the catalog change
 //! that reference them commit in one sled transaction; sled is flushed
 //! after every commit. A crash leaves the last committed state; the next
-//! open cuts uncommitted pack tails. Every chunk read is re-hashed.
+//! open cuts uncommitted pack tails. Every chunk read is re-hashed. A store
+//! whose packs are in a bucket commits a pack only once the server has
+//! confirmed its upload and its index object; a snapshot's manifest follows
+//! its commit (store::backend::s3, catalog::manifest).
 //!
 //! # Locking
 //!
@@ -61,6 +65,7 @@ pub mod live;
 pub mod map;
 pub mod modes;
 pub mod policy;
+pub mod rebuild;
 pub mod repository;
 pub mod snapshot;
 pub mod stats;

@@ -14,9 +14,9 @@ use crate::live::{LiveDisk, LiveDisks};
 use crate::map::{MapReader, PinnedMaps};
 use crate::snapshot::reflink;
 use crate::snapshot::running::RunningDisks;
-use crate::store::backend::PackStorage;
+use crate::store::backend::{PackStorage, PacksConfig};
 use crate::store::gc::{self, GcReport, Roots};
-use crate::store::{OpenOptions, Store, StoreConfig};
+use crate::store::{OpenOptions, Placement, Store, StoreConfig};
 
 pub struct Repository {
     store: Store,
@@ -32,8 +32,31 @@ impl Repository {
         Repository::with_store(Store::init(root, config)?)
     }
 
+    /// `init`, keeping the packs where `packs` says (a bucket).
+    pub fn init_with(root: &Path, config: StoreConfig, packs: PacksConfig) -> Result<Repository> {
+        Repository::with_store(Store::init_with(root, config, packs)?)
+    }
+
     pub fn open(root: &Path, options: &OpenOptions) -> Result<Repository> {
-        Repository::with_store(Store::open(root, options)?)
+        let repo = Repository::with_store(Store::open(root, options)?)?;
+        repo.sync_manifests();
+        Ok(repo)
+    }
+
+    /// `open`; a store created now keeps its packs per `placement`.
+    pub fn open_placed(
+        root: &Path,
+        options: &OpenOptions,
+        placement: &Placement,
+    ) -> Result<Repository> {
+        let store = Store::open_placed(root, options, placement, |packs| packs)?;
+        let repo = Repository::with_store(store)?;
+        // A store taking over a bucket has an empty catalog until the
+        // import: its sync would remove every manifest.
+        if !placement.adopt {
+            repo.sync_manifests();
+        }
+        Ok(repo)
     }
 
     /// `open`, with the store's pack storage passed through `wrap` (tests
@@ -43,7 +66,17 @@ impl Repository {
         options: &OpenOptions,
         wrap: impl FnOnce(Arc<dyn PackStorage>) -> Arc<dyn PackStorage>,
     ) -> Result<Repository> {
-        Repository::with_store(Store::open_with(root, options, wrap)?)
+        let repo = Repository::with_store(Store::open_with(root, options, wrap)?)?;
+        repo.sync_manifests();
+        Ok(repo)
+    }
+
+    /// Puts right what an earlier process left of the bucket's manifests
+    /// (a remote store only; a failure is logged, the next open retries).
+    fn sync_manifests(&self) {
+        if let Err(e) = self.catalog.sync_manifests() {
+            log::warn!("the bucket's snapshot manifests are behind the catalog: {e}");
+        }
     }
 
     fn with_store(store: Store) -> Result<Repository> {
@@ -100,6 +133,15 @@ impl Repository {
     /// A gc pass over the whole store (see `store::gc`).
     pub fn gc(&self, min_dead_percent: u8) -> Result<GcReport> {
         gc::gc(&self.store, self, min_dead_percent)
+    }
+
+    /// `gc`, with the grace period of uncommitted packs in a bucket.
+    pub fn gc_with_grace(
+        &self,
+        min_dead_percent: u8,
+        grace: std::time::Duration,
+    ) -> Result<GcReport> {
+        gc::gc_with_grace(&self.store, self, min_dead_percent, grace)
     }
 }
 

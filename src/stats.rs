@@ -28,6 +28,17 @@ pub struct Stats {
     pub dedup_ratio: f64,
     /// unique_bytes / record_bytes.
     pub compression_ratio: f64,
+    /// Where the packs are: the store's folder, or an `s3://` URL.
+    pub packs_location: String,
+    /// A store in a bucket: its local cache of pack data.
+    pub pack_cache: Option<PackCacheStats>,
+}
+
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct PackCacheStats {
+    pub dir: std::path::PathBuf,
+    pub used_bytes: u64,
+    pub capacity_bytes: u64,
 }
 
 pub fn stats(repo: &Repository) -> Result<Stats> {
@@ -53,6 +64,14 @@ pub fn stats(repo: &Repository) -> Result<Stats> {
         stats.stored_bytes += pack.len;
     }
     stats.db_bytes = dir_size(&store.root().join("db"));
+    stats.packs_location = store.packs_location();
+    stats.pack_cache = store
+        .pack_cache_usage()
+        .map(|(dir, used_bytes, capacity_bytes)| PackCacheStats {
+            dir,
+            used_bytes,
+            capacity_bytes,
+        });
     stats.dedup_ratio = ratio(stats.nonzero_bytes, stats.unique_bytes);
     stats.compression_ratio = ratio(stats.unique_bytes, stats.record_bytes);
     Ok(stats)

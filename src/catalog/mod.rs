@@ -9,12 +9,13 @@
 //! - `snapshots`: disk name, 0x00, id (u64 BE) -> `SnapshotRecord`
 //! - `policies`: disk name -> `Policy` (see policies.rs)
 
+pub mod manifest;
 pub mod names;
 mod policies;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 use sled::transaction::TransactionError;
@@ -23,6 +24,7 @@ use sled::Transactional;
 use crate::error::{Error, Result};
 use crate::hash::ChunkHash;
 use crate::map::{height_for, MapRoot};
+use crate::store::backend::PackStorage;
 use crate::store::{ingest_abort, Ingest, Store, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
 use names::{check_disk_name, check_snapshot_name};
 
@@ -178,6 +180,12 @@ pub struct Catalog {
     names: Mutex<()>,
     /// Bumped by every change, so readers can cache listings.
     generation: AtomicU64,
+    /// The pack storage when it keeps manifests beside the packs.
+    remote: Option<Arc<dyn PackStorage>>,
+    /// A manifest write or removal failed since the last sync.
+    manifests_behind: AtomicBool,
+    /// Snapshot ids whose manifest removal failed (see manifest.rs).
+    manifest_removals: sled::Tree,
 }
 
 impl Catalog {
@@ -188,6 +196,9 @@ impl Catalog {
             policies: store.open_tree("policies")?,
             names: Mutex::new(()),
             generation: AtomicU64::new(0),
+            remote: Some(store.storage_arc()).filter(|s| s.sidecar().is_some()),
+            manifests_behind: AtomicBool::new(false),
+            manifest_removals: store.open_tree("manifest_removals")?,
         })
     }
 
@@ -300,7 +311,11 @@ impl Catalog {
             return Err(Error::Db(e));
         }
         self.policies.remove(name)?;
-        self.changed()
+        self.changed()?;
+        for snapshot in &snapshots {
+            self.unpublish(snapshot.id);
+        }
+        Ok(())
     }
 
     /// Every accomplished snapshot, or those of one disk, oldest first per disk.
@@ -376,6 +391,7 @@ impl Catalog {
         }
         self.snapshots.remove(snapshot_key(disk, record.id))?;
         self.changed()?;
+        self.unpublish(record.id);
         Ok(record)
     }
 
@@ -392,6 +408,7 @@ impl Catalog {
         self.snapshots
             .insert(snapshot_key(disk, record.id), encode(&record)?)?;
         self.changed()?;
+        self.republish(&record);
         Ok(record)
     }
 
@@ -402,7 +419,9 @@ impl Catalog {
         record.protected = protect;
         self.snapshots
             .insert(snapshot_key(disk, record.id), encode(&record)?)?;
-        self.changed()
+        self.changed()?;
+        self.republish(&record);
+        Ok(())
     }
 
     /// Commits a snapshot taken by `ingest`: its chunks and its record in
@@ -430,6 +449,8 @@ impl Catalog {
             Ok(())
         })?;
         self.generation.fetch_add(1, Ordering::SeqCst);
+        self.catch_up_manifests();
+        self.publish(&record);
         Ok(record)
     }
 }

@@ -10,6 +10,9 @@ use clap::Args;
 use super::snapshot::progress_bar;
 use super::{print_json, Output};
 use snapfs::image::{export as export_image, ExportTarget};
+use snapfs::store::backend::s3::keys::S3Url;
+use snapfs::store::backend::s3::S3Config;
+use snapfs::store::backend::PacksConfig;
 use snapfs::store::{Compression, StoreConfig};
 use snapfs::units::{format_bytes, parse_size};
 use snapfs::Repository;
@@ -25,6 +28,15 @@ pub struct InitArgs {
     /// zstd level: 1 is fastest, higher levels trade speed for space
     #[arg(long, value_name = "LEVEL", default_value_t = 1, value_parser = clap::value_parser!(i32).range(1..=19))]
     level: i32,
+    /// Keep the packs in an S3 bucket, under PREFIX (endpoint and credentials from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION); the index, catalog and a cache stay in the store directory
+    #[arg(long, value_name = "s3://BUCKET[/PREFIX]")]
+    packs: Option<S3Url>,
+    /// Most local disk the cache of pack data takes (a store in a bucket only) [default: 2G]
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    cache_size: Option<u64>,
+    /// Rebuild this store from the store kept in a bucket (its settings come from there; the previous host must no longer use it)
+    #[arg(long, value_name = "s3://BUCKET[/PREFIX]", conflicts_with_all = ["packs", "chunk_size", "compression", "level"])]
+    from: Option<S3Url>,
 }
 
 #[derive(Args, Debug)]
@@ -41,6 +53,9 @@ pub struct GcArgs {
     /// Rewrite a pack once at least this percentage of it is dead (0 reclaims every dead byte)
     #[arg(long, value_name = "PERCENT", default_value_t = 10, value_parser = clap::value_parser!(u8).range(0..=100))]
     min_dead: u8,
+    /// A store in a bucket: remove packs that no commit names once this old (those of snapshots running here are always kept)
+    #[arg(long, value_name = "SECONDS", default_value_t = 3600)]
+    orphan_grace: u64,
     /// Print the report as JSON
     #[arg(long)]
     json: bool,
@@ -52,6 +67,9 @@ pub struct VerifyArgs {
     disk: Option<String>,
     /// Only this snapshot of DISK
     snapshot: Option<String>,
+    /// Read no data: check that every pack (and in a bucket, its index object) exists with its committed size
+    #[arg(long)]
+    quick: bool,
     /// Print the report as JSON
     #[arg(long)]
     json: bool,
@@ -65,6 +83,15 @@ pub struct StatsArgs {
 }
 
 pub fn init(dir: &Path, args: InitArgs) -> Result<()> {
+    let cache_bytes = match args.cache_size {
+        Some(_) if args.packs.is_none() && args.from.is_none() => {
+            bail!("--cache-size is the cache of a store in a bucket: give --packs or --from too")
+        }
+        size => size.unwrap_or(snapfs::store::backend::s3::DEFAULT_CACHE_BYTES),
+    };
+    if let Some(url) = &args.from {
+        return init_from(dir, url, cache_bytes);
+    }
     let chunk_size = u32::try_from(args.chunk_size)
         .map_err(|_| anyhow::anyhow!("chunk size {} is too large", args.chunk_size))?;
     let config = StoreConfig {
@@ -72,13 +99,40 @@ pub fn init(dir: &Path, args: InitArgs) -> Result<()> {
         compression: args.compression,
         zstd_level: args.level,
     };
-    Repository::init(dir, config)
+    let packs = match &args.packs {
+        Some(url) => PacksConfig::S3(S3Config::new_store(url, cache_bytes)?),
+        None => PacksConfig::Local,
+    };
+    let repo = Repository::init_with(dir, config, packs)
         .with_context(|| format!("cannot create store {}", dir.display()))?;
     println!(
-        "created store {} (chunk size {}, compression {})",
+        "created store {} (chunk size {}, compression {}, packs in {})",
         dir.display(),
         format_bytes(chunk_size as u64),
-        args.compression
+        args.compression,
+        repo.store().packs_location()
+    );
+    Ok(())
+}
+
+/// `init --from`: the store rebuilt from a bucket, with what was left out.
+fn init_from(dir: &Path, url: &S3Url, cache_bytes: u64) -> Result<()> {
+    let (repo, report) = snapfs::rebuild::rebuild(dir, url, cache_bytes)
+        .with_context(|| format!("cannot rebuild store {} from {url}", dir.display()))?;
+    for line in report.packs.skipped.iter().chain(&report.skipped_snapshots) {
+        eprintln!("not imported: {line}");
+    }
+    println!(
+        "rebuilt store {} from {}: {} snapshot(s), {} pack(s), {} chunks{}",
+        dir.display(),
+        repo.store().packs_location(),
+        report.snapshots,
+        report.packs.packs,
+        report.packs.chunks,
+        match report.packs.skipped.len() + report.skipped_snapshots.len() {
+            0 => String::new(),
+            n => format!("; {n} object(s) not imported (above)"),
+        }
     );
     Ok(())
 }
@@ -168,7 +222,8 @@ pub fn open_export_output(path: &Path) -> Result<(File, bool)> {
 }
 
 pub fn gc(repo: &Repository, args: GcArgs, out: &mut Output) -> Result<()> {
-    let report = repo.gc(args.min_dead)?;
+    let grace = std::time::Duration::from_secs(args.orphan_grace);
+    let report = repo.gc_with_grace(args.min_dead, grace)?;
     if args.json {
         return print_json(out, &report);
     }
@@ -180,6 +235,13 @@ pub fn gc(repo: &Repository, args: GcArgs, out: &mut Output) -> Result<()> {
         report.packs_rewritten,
         format_bytes(report.bytes_freed)
     )?;
+    if report.orphans_removed > 0 {
+        writeln!(
+            out.out,
+            "gc: {} uncommitted pack(s) removed from the bucket",
+            report.orphans_removed
+        )?;
+    }
     if report.dead_bytes_kept > 0 {
         writeln!(
             out.out,
@@ -201,11 +263,16 @@ pub fn verify(repo: &Repository, args: VerifyArgs, out: &mut Output) -> Result<(
     if let Some(bar) = &bar {
         bar.set_length(snapshots.len() as u64);
     }
-    let report = snapfs::verify::verify(repo.store(), &snapshots, &mut |done| {
+    let mut progress = |done: usize| {
         if let Some(bar) = &bar {
             bar.set_position(done as u64);
         }
-    });
+    };
+    let report = if args.quick {
+        snapfs::verify::verify_quick(repo.store(), &snapshots, &mut progress)?
+    } else {
+        snapfs::verify::verify(repo.store(), &snapshots, &mut progress)
+    };
     if let Some(bar) = &bar {
         bar.finish_and_clear();
     }
@@ -218,6 +285,9 @@ pub fn verify(repo: &Repository, args: VerifyArgs, out: &mut Output) -> Result<(
                 "DAMAGED {} {} offset {}: {}",
                 damage.disk, damage.snapshot, damage.offset, damage.what
             )?;
+        }
+        for object in &report.objects {
+            writeln!(out.out, "DAMAGED OBJECT {object}")?;
         }
         writeln!(
             out.out,
@@ -233,7 +303,7 @@ pub fn verify(repo: &Repository, args: VerifyArgs, out: &mut Output) -> Result<(
         )?;
     }
     out.out.flush()?;
-    if !report.damage.is_empty() {
+    if !report.damage.is_empty() || !report.objects.is_empty() {
         bail!("verify found damage in the store");
     }
     Ok(())
@@ -271,6 +341,16 @@ pub fn stats(repo: &Repository, args: StatsArgs, out: &mut Output) -> Result<()>
         "index database:    {}",
         format_bytes(stats.db_bytes)
     )?;
+    writeln!(out.out, "packs stored in:   {}", stats.packs_location)?;
+    if let Some(cache) = &stats.pack_cache {
+        writeln!(
+            out.out,
+            "pack cache:        {} of {} in {}",
+            format_bytes(cache.used_bytes),
+            format_bytes(cache.capacity_bytes),
+            cache.dir.display()
+        )?;
+    }
     writeln!(out.out, "chunks:            {}", stats.chunks)?;
     writeln!(out.out, "packs:             {}", stats.packs)?;
     writeln!(out.out, "dedup ratio:       {:.2}", stats.dedup_ratio)?;

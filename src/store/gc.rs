@@ -34,7 +34,16 @@ pub struct GcReport {
     pub bytes_freed: u64,
     /// Dead bytes left in packs below the rewrite threshold.
     pub dead_bytes_kept: u64,
+    /// Packs in a bucket that no commit names, older than the grace period
+    /// (uploaded by a process that died before its commit).
+    pub orphans_removed: u64,
 }
+
+/// How old an uncommitted pack in a bucket must be before gc removes it.
+/// The packs of sessions of this process are kept whatever their age; the
+/// grace period is for a writer gc does not know of (another host taking
+/// over the same store by mistake).
+pub const ORPHAN_GRACE: std::time::Duration = std::time::Duration::from_secs(3600);
 
 #[derive(Default)]
 struct PackUsage {
@@ -62,7 +71,40 @@ pub trait Roots: Sync {
 /// `min_dead_percent` of it is dead, so that a little garbage does not cost
 /// a copy of a large pack; packs with no live chunk always go.
 pub fn gc(store: &Store, roots: &dyn Roots, min_dead_percent: u8) -> Result<GcReport> {
-    run(store, roots, min_dead_percent, None)
+    gc_with_grace(store, roots, min_dead_percent, ORPHAN_GRACE)
+}
+
+/// `gc`, removing uncommitted packs of a bucket once older than `grace`.
+pub fn gc_with_grace(
+    store: &Store,
+    roots: &dyn Roots,
+    min_dead_percent: u8,
+    grace: std::time::Duration,
+) -> Result<GcReport> {
+    let mut report = run(store, roots, min_dead_percent, None)?;
+    report.orphans_removed = remove_orphans(store, grace)?;
+    Ok(report)
+}
+
+/// Removes the packs older than `grace` that no commit names (none for a
+/// local store: recovery at open removes those).
+fn remove_orphans(store: &Store, grace: std::time::Duration) -> Result<u64> {
+    let _one_at_a_time = store.gc_run.lock().unwrap_or_else(|e| e.into_inner());
+    let mut removed = 0;
+    for pack in store.storage().settled(grace)? {
+        // A pack of a session still writing (here: one process has the
+        // store) is no orphan, whatever its age; its ids are never reused.
+        let open = || {
+            let coord = store.gc_coord.lock().unwrap_or_else(|e| e.into_inner());
+            coord.open_packs.contains(&pack.id)
+        };
+        if !open() && store.committed_pack_len(pack.id)?.is_none() {
+            log::info!("removing the uncommitted pack {}", store.pack_name(pack.id));
+            store.remove_pack(pack.id)?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
 }
 
 /// Removes those of packs `ids` that nothing reaches any more (the packs a

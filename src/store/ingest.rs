@@ -28,6 +28,13 @@ pub struct CommitTrees<'t> {
     pub extra: &'t [TransactionalTree],
 }
 
+/// A pack's seal running on a thread of its own: its index object when
+/// it ended well.
+struct Sealing {
+    id: u64,
+    thread: std::thread::JoinHandle<Result<Vec<u8>>>,
+}
+
 /// The catalog part of a commit, run inside the sled transaction.
 pub type CatalogChange<'a> = dyn Fn(&CommitTrees) -> ConflictableTransactionResult<(), Error> + 'a;
 
@@ -51,6 +58,11 @@ pub struct Ingest<'s> {
     committed: bool,
     /// Registration in the store's gc coordination (None for gc itself).
     session: Option<u64>,
+    /// A full pack being sealed (uploaded, for a remote store) while the
+    /// next one fills; its entries commit once that ended.
+    sealing: Option<Sealing>,
+    /// Every pack this session created (registered as open for gc).
+    created: Vec<u64>,
     /// What a failed session asks about before it gives back the packs it
     /// committed early (None for gc itself).
     roots: Option<&'s dyn Roots>,
@@ -86,6 +98,8 @@ impl<'s> Ingest<'s> {
             committed_early: Vec::new(),
             unchecked_room: 0,
             committed: false,
+            sealing: None,
+            created: Vec::new(),
         }
     }
 
@@ -163,6 +177,13 @@ impl<'s> Ingest<'s> {
         self.unchecked_room -= need;
         if self.writer.is_none() {
             let id = self.store.new_pack_id()?;
+            // gc's own session is not registered: it holds gc_coord while
+            // it writes, and its packs are committed or removed within its
+            // pass, before it looks for orphans.
+            if self.session.is_some() {
+                self.lock_coord().open_packs.insert(id);
+                self.created.push(id);
+            }
             self.writer = Some(PackWriter::create(self.store.storage(), id)?);
         }
         let Some(writer) = self.writer.as_mut() else {
@@ -173,23 +194,86 @@ impl<'s> Ingest<'s> {
         self.written.insert(*hash, location);
         self.added_bytes += location.record_len();
         if writer.len() >= PACK_TARGET_SIZE {
-            self.seal_pack()?;
             // Commit index entries per full pack so memory stays bounded on
             // huge disks; unreferenced chunks are gc's to reclaim.
-            self.commit_inner(None)?;
+            if self.store.storage().sidecar().is_some() {
+                // A remote store uploads the full pack while the next one
+                // fills, and commits the one uploaded before it.
+                self.start_sealing()?;
+            } else {
+                self.seal_pack()?;
+                self.commit_inner(None, None)?;
+            }
         }
         Ok(())
     }
 
     fn seal_pack(&mut self) -> Result<()> {
+        self.finish_sealing()?;
         if let Some(mut writer) = self.writer.take() {
             let (id, len) = (writer.id(), writer.len());
             // Until sealed, the pack is still this session's to clean up.
             self.synced_packs.push((id, len));
             writer.sync()?;
-            writer.seal()?;
+            let index = writer.seal()?;
+            self.publish_index(id, index)?;
         }
         Ok(())
+    }
+
+    /// After the pack: an index object never names a pack the bucket does
+    /// not hold.
+    fn publish_index(&self, id: u64, index: Vec<u8>) -> Result<()> {
+        match self.store.storage().sidecar() {
+            Some(sidecar) => sidecar.put_pack_index(id, index),
+            None => Ok(()),
+        }
+    }
+
+    /// Seals the full pack on a thread; once the previous one's seal has
+    /// ended, commits the entries of all but the one sealing now.
+    fn start_sealing(&mut self) -> Result<()> {
+        let Some(mut writer) = self.writer.take() else {
+            return Ok(());
+        };
+        let (id, len) = (writer.id(), writer.len());
+        self.synced_packs.push((id, len));
+        writer.sync()?;
+        let previous = self.sealing.take();
+        let thread = std::thread::Builder::new()
+            .name("pack-seal".into())
+            .spawn(move || writer.seal());
+        let thread = match thread {
+            Ok(thread) => thread,
+            Err(e) => {
+                return Err(Error::Io {
+                    context: "starting the seal of a pack".into(),
+                    source: e,
+                })
+            }
+        };
+        self.sealing = Some(Sealing { id, thread });
+        if let Some(previous) = previous {
+            self.join_sealing(previous)?;
+            self.commit_inner(None, Some(id))?;
+        }
+        Ok(())
+    }
+
+    /// Waits for the pack sealing on its thread, if any.
+    fn finish_sealing(&mut self) -> Result<()> {
+        match self.sealing.take() {
+            Some(sealing) => self.join_sealing(sealing),
+            None => Ok(()),
+        }
+    }
+
+    fn join_sealing(&self, sealing: Sealing) -> Result<()> {
+        let index = sealing.thread.join().map_err(|_| Error::Io {
+            context: format!("sealing pack {}", self.store.pack_name(sealing.id)),
+            source: std::io::Error::other("the sealing thread panicked"),
+        })??;
+        self.publish_index(sealing.id, index)
     }
 
     /// Makes everything durable and applies `change` to the `extra` trees
@@ -197,27 +281,62 @@ impl<'s> Ingest<'s> {
     pub fn commit(mut self, extra: &[&sled::Tree], change: &CatalogChange<'_>) -> Result<()> {
         self.store.check_still_there()?;
         self.seal_pack()?;
-        self.commit_inner(Some((extra, change)))?;
+        self.commit_inner(Some((extra, change)), None)?;
         self.committed = true;
         self.unregister();
+        self.close_packs();
         Ok(())
+    }
+
+    fn lock_coord(&self) -> std::sync::MutexGuard<'_, super::GcCoordination> {
+        self.store
+            .gc_coord
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     fn unregister(&mut self) {
         if let Some(id) = self.session.take() {
-            self.store
-                .gc_coord
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .sessions
-                .remove(&id);
+            self.lock_coord().sessions.remove(&id);
         }
     }
 
-    fn commit_inner(&mut self, change: Option<(&[&sled::Tree], &CatalogChange<'_>)>) -> Result<()> {
+    /// The packs this session made are no longer open: committed (gc
+    /// sees their lengths) or removed.
+    fn close_packs(&mut self) {
+        let created = std::mem::take(&mut self.created);
+        if created.is_empty() {
+            // gc's session creates none, and may hold gc_coord here.
+            return;
+        }
+        let mut coord = self.lock_coord();
+        for id in created {
+            coord.open_packs.remove(&id);
+        }
+    }
+
+    /// Commits the pending entries and pack lengths, except those of pack
+    /// `held` (still sealing), which stay pending.
+    fn commit_inner(
+        &mut self,
+        change: Option<(&[&sled::Tree], &CatalogChange<'_>)>,
+        held: Option<u64>,
+    ) -> Result<()> {
         let store = self.store;
-        let pending = &self.pending;
-        let packs = &self.synced_packs;
+        let is_held = |pack: u64| Some(pack) == held;
+        let (kept, pending): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending)
+            .into_iter()
+            .partition(|(_, location)| is_held(location.pack));
+        let (kept_packs, packs): (Vec<_>, Vec<_>) = std::mem::take(&mut self.synced_packs)
+            .into_iter()
+            .partition(|(id, _)| is_held(*id));
+        // On failure everything stays this session's to clean up.
+        self.pending = pending;
+        self.pending.extend_from_slice(&kept);
+        self.synced_packs = packs;
+        self.synced_packs.extend_from_slice(&kept_packs);
+        let pending = &self.pending[..self.pending.len() - kept.len()];
+        let packs = &self.synced_packs[..self.synced_packs.len() - kept_packs.len()];
         let mut trees: Vec<&sled::Tree> = vec![&store.index, &store.packs, store.damaged.tree()];
         if let Some((extra, _)) = change {
             trees.extend_from_slice(extra);
@@ -251,11 +370,10 @@ impl<'s> Ingest<'s> {
         }
         store.flush()?;
         if change.is_none() {
-            self.committed_early
-                .extend(self.synced_packs.iter().map(|(id, _)| *id));
+            self.committed_early.extend(packs.iter().map(|(id, _)| *id));
         }
-        self.pending.clear();
-        self.synced_packs.clear();
+        self.pending = kept;
+        self.synced_packs = kept_packs;
         Ok(())
     }
 }
@@ -272,6 +390,13 @@ impl Drop for Ingest<'_> {
         if self.committed {
             return;
         }
+        // A pack still sealing is removed only once its upload ended.
+        if let Some(sealing) = self.sealing.take() {
+            let _ = sealing.thread.join();
+        }
+        // Closed whatever happens below: what stays uncommitted in a
+        // bucket is an orphan for gc from now on.
+        self.close_packs();
         let mut uncommitted: Vec<u64> = self.synced_packs.iter().map(|(id, _)| *id).collect();
         if let Some(writer) = self.writer.take() {
             uncommitted.push(writer.id());

@@ -9,13 +9,16 @@
 //! STORE/lock          flock; names the holding pid (and mountpoint)
 //! STORE/db/           sled: meta, index, packs, damaged (and the catalog's trees)
 //! STORE/packs/*.pack  append-only chunk records (see pack.rs, backend/local.rs)
+//! STORE/staging/, STORE/cache/   an S3 store's packs being written, and its
+//!                     cache of pack data (backend/s3/); its packs are in the bucket
 //! ```
 //!
 //! Pack bytes go through a [`backend::PackStorage`] only: pack.rs says what
 //! the bytes mean (records, header, verification), the backend where they
 //! live. Nothing else in the crate touches a pack.
 //!
-//! Durability order: pack bytes are fsynced (and sealed), then the index
+//! Durability order: pack bytes are fsynced (and sealed: a remote backend
+//! uploads them, and the pack's index object follows), then the index
 //! entries, the packs' committed lengths and the catalog change commit in
 //! one sled transaction, then sled is flushed. At open, bytes past a pack's
 //! committed length and packs with no committed length are removed.
@@ -23,16 +26,19 @@
 pub mod backend;
 mod damaged;
 pub mod gc;
+pub mod import;
 mod ingest;
 pub mod lock;
 pub mod pack;
 mod single_flight;
+pub mod pack_index;
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::num::NonZeroUsize;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use lru::LruCache;
@@ -40,8 +46,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, IoContext, Result};
 use crate::hash::ChunkHash;
-use backend::local::{self, LocalPacks};
-use backend::{PackInfo, PackStorage};
+use backend::local;
+use backend::s3::{self, Opening};
+use backend::{PackInfo, PackStorage, PacksConfig, Sidecar};
 pub use ingest::{abort as ingest_abort, CommitTrees, Ingest};
 use lock::StoreLock;
 use pack::Location;
@@ -149,6 +156,29 @@ impl Default for OpenOptions {
     }
 }
 
+/// Where a store created by an open keeps its packs (an existing store's
+/// choice is in its `meta` tree and wins).
+#[derive(Clone, Debug, Default)]
+pub struct Placement {
+    pub packs: PacksConfig,
+    /// Take over the bucket's store named in `packs` (`init --from`)
+    /// instead of starting one there.
+    pub adopt: bool,
+}
+
+/// The settings object of a store in a bucket (`stores/ID/store.json`):
+/// what `init --from` needs to make the local store again.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct StoreSettings {
+    /// Version of the object layout in the bucket (FORMAT.md).
+    pub format: u32,
+    pub store_id: String,
+    pub config: StoreConfig,
+}
+
+/// The object layout version in a bucket.
+pub const OBJECT_FORMAT_VERSION: u32 = 1;
+
 pub struct Store {
     root: PathBuf,
     /// Only for fs/scheduler.rs until it asks `stored_bytes()`.
@@ -175,6 +205,10 @@ pub struct Store {
     lock: Mutex<StoreLock>,
     /// (device, inode) of the store folder when it was opened.
     root_id: (u64, u64),
+    packs_config: PacksConfig,
+    /// Added to every id sled generates: a store rebuilt from a bucket
+    /// never hands out an id that the bucket's objects already use.
+    id_floor: AtomicU64,
 }
 
 /// Chunks that writing sessions reference but the catalog does not yet:
@@ -188,22 +222,33 @@ pub(crate) struct GcCoordination {
     pub next_session: u64,
     /// While gc sweeps: hashes referenced since its mark began.
     pub touched: Option<HashSet<ChunkHash>>,
+    /// Packs that writing sessions (gc's too) created and have not given
+    /// up: gc never removes one of them as an orphan, however young the
+    /// grace period.
+    pub open_packs: HashSet<u64>,
 }
 
 impl Store {
     /// Creates a new store; fails if one exists at `root`.
     pub fn init(root: &Path, config: StoreConfig) -> Result<Store> {
+        Store::init_with(root, config, PacksConfig::Local)
+    }
+
+    /// `init`, keeping the packs where `packs` says.
+    pub fn init_with(root: &Path, config: StoreConfig, packs: PacksConfig) -> Result<Store> {
         config.validate()?;
         if root.join(FORMAT_FILE).exists() {
             return Err(Error::StoreExists(root.to_path_buf()));
         }
-        Store::open(
-            root,
-            &OpenOptions {
-                create: Some(config),
-                ..OpenOptions::default()
-            },
-        )
+        let options = OpenOptions {
+            create: Some(config),
+            ..OpenOptions::default()
+        };
+        let placement = Placement {
+            packs,
+            adopt: false,
+        };
+        Store::open_placed(root, &options, &placement, |packs| packs)
     }
 
     pub fn open(root: &Path, options: &OpenOptions) -> Result<Store> {
@@ -215,6 +260,16 @@ impl Store {
     pub fn open_with(
         root: &Path,
         options: &OpenOptions,
+        wrap: impl FnOnce(Arc<dyn PackStorage>) -> Arc<dyn PackStorage>,
+    ) -> Result<Store> {
+        Store::open_placed(root, options, &Placement::default(), wrap)
+    }
+
+    /// `open_with`; a store created now keeps its packs per `placement`.
+    pub fn open_placed(
+        root: &Path,
+        options: &OpenOptions,
+        placement: &Placement,
         wrap: impl FnOnce(Arc<dyn PackStorage>) -> Arc<dyn PackStorage>,
     ) -> Result<Store> {
         let format_path = root.join(FORMAT_FILE);
@@ -245,8 +300,6 @@ impl Store {
         if !fresh {
             check_format_file(root)?;
         }
-        let local = LocalPacks::in_store(root)?;
-        let storage = wrap(Arc::new(local));
         // sled would make its folder with the umask's mode.
         let db_dir = root.join("db");
         crate::modes::create_private_dir(&db_dir)
@@ -257,21 +310,53 @@ impl Store {
             .cache_capacity(32 << 20)
             .open()?;
         let meta = db.open_tree("meta")?;
-        let config = match meta.get("config")? {
-            Some(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|e| Error::BadMetadata(format!("store config: {e}")))?,
-            None if fresh => {
-                let config = options.create.unwrap_or_default();
-                config.validate()?;
-                let json =
-                    serde_json::to_vec(&config).map_err(|e| Error::Invalid(e.to_string()))?;
-                meta.insert("config", json)?;
-                meta.insert("format", &FORMAT_VERSION.to_le_bytes())?;
-                db.flush()?;
-                config
-            }
+        let stored_config: Option<StoreConfig> = match meta.get("config")? {
+            Some(bytes) => Some(
+                serde_json::from_slice(&bytes)
+                    .map_err(|e| Error::BadMetadata(format!("store config: {e}")))?,
+            ),
+            None if fresh => None,
             None => return Err(Error::BadMetadata("store config is missing".into())),
         };
+        let packs_config: PacksConfig = match meta.get("packs")? {
+            Some(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| Error::BadMetadata(format!("pack storage config: {e}")))?,
+            None if stored_config.is_none() => placement.packs.clone(),
+            // Stores made before the choice existed keep packs locally.
+            None => PacksConfig::Local,
+        };
+        let config = match stored_config {
+            Some(config) => config,
+            None => options.create.unwrap_or_default(),
+        };
+        config.validate()?;
+        // The bucket first: a store whose bucket refuses it is not made.
+        let settings = match &packs_config {
+            PacksConfig::S3(s3) => encode_json(&StoreSettings {
+                format: OBJECT_FORMAT_VERSION,
+                store_id: s3.store_id.clone(),
+                config,
+            })?,
+            PacksConfig::Local => Vec::new(),
+        };
+        let opening = match (stored_config.is_none(), placement.adopt) {
+            (false, _) => Opening::Existing,
+            (true, false) => Opening::New {
+                settings: &settings,
+            },
+            (true, true) => Opening::Adopt,
+        };
+        let storage = wrap(packs_config.open(root, opening)?);
+        if stored_config.is_none() {
+            meta.insert("config", encode_json(&config)?)?;
+            meta.insert("packs", encode_json(&packs_config)?)?;
+            meta.insert("format", &FORMAT_VERSION.to_le_bytes())?;
+            db.flush()?;
+        }
+        let id_floor = meta
+            .get("id_floor")?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+            .map_or(0, u64::from_le_bytes);
         if fresh {
             // Also finishes an init that crashed after sled had the config.
             write_format_file(root)?;
@@ -293,6 +378,8 @@ impl Store {
             gc_run: Mutex::new(()),
             lock: Mutex::new(lock),
             root_id,
+            packs_config,
+            id_floor: AtomicU64::new(id_floor),
         };
         store.check_db_format()?;
         store.recover_packs()?;
@@ -342,7 +429,44 @@ impl Store {
 
     /// A number never handed out before in this store (record ids).
     pub fn generate_id(&self) -> Result<u64> {
-        Ok(self.db.generate_id()?)
+        Ok(self.db.generate_id()? + self.id_floor.load(Ordering::SeqCst))
+    }
+
+    /// Makes every id handed out from now on at least `floor` (a store
+    /// rebuilt from a bucket, above the ids its objects use).
+    pub(crate) fn raise_id_floor(&self, floor: u64) -> Result<()> {
+        if floor <= self.id_floor.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        self.meta.insert("id_floor", &floor.to_le_bytes())?;
+        self.db.flush()?;
+        self.id_floor.store(floor, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Where the packs live (local folder, or bucket).
+    pub fn packs_config(&self) -> &PacksConfig {
+        &self.packs_config
+    }
+
+    /// Where the packs are, for people.
+    pub fn packs_location(&self) -> String {
+        self.storage.location()
+    }
+
+    /// The local cache of pack data of a remote store: folder, used, capacity.
+    pub fn pack_cache_usage(&self) -> Option<(PathBuf, u64, u64)> {
+        self.storage.cache_usage()
+    }
+
+    /// The objects that rebuild a remote store from its bucket.
+    pub fn sidecar(&self) -> Option<&dyn Sidecar> {
+        self.storage.sidecar()
+    }
+
+    /// Names pack `id` for messages (a path, or an object's URL).
+    pub fn pack_name(&self, id: u64) -> String {
+        self.storage.pack_name(id)
     }
 
     /// Records in the lock file that this process serves a mount.
@@ -378,7 +502,7 @@ impl Store {
     /// Cuts off pack bytes that no commit covers and removes packs that no
     /// commit ever named: the leftovers of a crash.
     fn recover_packs(&self) -> Result<()> {
-        for PackInfo { id, len } in self.storage.list()? {
+        for PackInfo { id, len } in self.storage.recoverable()? {
             let name = || self.storage.pack_name(id);
             match self.committed_pack_len(id)? {
                 None => {
@@ -414,7 +538,7 @@ impl Store {
 
     /// A fresh id for a new pack file.
     pub(crate) fn new_pack_id(&self) -> Result<u64> {
-        Ok(self.db.generate_id()? + 1)
+        Ok(self.generate_id()? + 1)
     }
 
     pub fn locate(&self, hash: &ChunkHash) -> Result<Option<Location>> {
@@ -474,6 +598,25 @@ impl Store {
         self.read_verified_into(hash, Vec::new())
     }
 
+    /// `read_verified` from the pack's authoritative copy: a remote store
+    /// reads the bucket, not its local cache (verify).
+    pub fn read_verified_fresh(&self, hash: &ChunkHash) -> Result<Vec<u8>> {
+        let read = || {
+            let location = self.locate(hash)?.ok_or(Error::MissingChunk(*hash))?;
+            self.check_pack_header(location.pack)?;
+            let fresh =
+                |id: u64, offset: u64, buf: &mut [u8]| self.storage.read_fresh(id, offset, buf);
+            pack::read_record_with(&fresh, hash, &location, Vec::new())
+        };
+        read().map_err(|e| {
+            let e = self.blame_lost_folder(e);
+            if is_damage(&e) {
+                self.damaged.mark(hash);
+            }
+            e
+        })
+    }
+
     /// `read_verified`, decompressing into a recycled buffer.
     fn read_verified_into(&self, hash: &ChunkHash, buffer: Vec<u8>) -> Result<Vec<u8>> {
         let result = self.read_record_into(hash, buffer);
@@ -509,7 +652,14 @@ impl Store {
         buffer: Vec<u8>,
     ) -> Result<Vec<u8>> {
         self.check_pack_header(location.pack)?;
-        pack::read_record_into(&*self.storage, hash, location, buffer)
+        match pack::read_record_into(&*self.storage, hash, location, buffer) {
+            // A remote store's local cache may be what is damaged: once
+            // its blocks are dropped, the bucket's copy decides.
+            Err(Error::Corrupt { .. }) if self.storage.drop_cached(location.pack) => {
+                pack::read_record_into(&*self.storage, hash, location, Vec::new())
+            }
+            other => other,
+        }
     }
 
     fn check_pack_header(&self, id: u64) -> Result<()> {
@@ -535,6 +685,11 @@ impl Store {
         &*self.storage
     }
 
+    /// The pack storage, shared (the catalog writes manifests beside it).
+    pub(crate) fn storage_arc(&self) -> Arc<dyn PackStorage> {
+        self.storage.clone()
+    }
+
     /// Removes a pack that no index entry names any more.
     pub(crate) fn remove_pack(&self, id: u64) -> Result<()> {
         self.checked_packs
@@ -542,6 +697,46 @@ impl Store {
             .unwrap_or_else(|e| e.into_inner())
             .remove(&id);
         self.storage.remove(id)
+    }
+
+    /// The committed packs that are missing, shorter than committed, or
+    /// (in a bucket) without their index object, each with what is wrong.
+    pub fn check_pack_objects(&self) -> Result<HashMap<u64, String>> {
+        let there: HashMap<u64, u64> = self
+            .storage
+            .list()?
+            .into_iter()
+            .map(|pack| (pack.id, pack.len))
+            .collect();
+        let indexed: Option<HashSet<u64>> = match self.storage.sidecar() {
+            Some(sidecar) => Some(sidecar.pack_indexes()?.iter().map(|p| p.id).collect()),
+            None => None,
+        };
+        let mut bad = HashMap::new();
+        for item in self.packs.iter() {
+            let (key, value) = item?;
+            let (Ok(id), Ok(committed)) = (
+                <[u8; 8]>::try_from(key.as_ref()).map(u64::from_be_bytes),
+                <[u8; 8]>::try_from(value.as_ref()).map(u64::from_le_bytes),
+            ) else {
+                return Err(Error::BadMetadata("bad entry in the packs tree".into()));
+            };
+            let name = self.storage.pack_name(id);
+            let problem = match there.get(&id) {
+                None => Some(format!("pack {name} is missing")),
+                Some(&len) if len < committed => Some(format!(
+                    "pack {name} holds {len} bytes, {committed} committed"
+                )),
+                _ if indexed.as_ref().is_some_and(|ids| !ids.contains(&id)) => {
+                    Some(format!("pack {name} has no index object"))
+                }
+                _ => None,
+            };
+            if let Some(problem) = problem {
+                bad.insert(id, problem);
+            }
+        }
+        Ok(bad)
     }
 
     /// Every pack with its length.
@@ -577,6 +772,10 @@ fn is_damage(error: &Error) -> bool {
     }
 }
 
+fn encode_json<T: Serialize>(value: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec(value).map_err(|e| Error::Invalid(e.to_string()))
+}
+
 fn folder_id(path: &Path) -> Result<(u64, u64)> {
     use std::os::unix::fs::MetadataExt;
     let meta = fs::metadata(path).context(|| format!("reading {}", path.display()))?;
@@ -597,7 +796,15 @@ fn is_empty_or_half_made_store(root: &Path) -> Result<bool> {
         let name = entry.file_name();
         if !matches!(
             name.to_str(),
-            Some("lock" | "db" | local::FOLDER | "FORMAT.tmp" | "snapfs.log")
+            Some(
+                "lock"
+                    | "db"
+                    | local::FOLDER
+                    | s3::STAGING_FOLDER
+                    | s3::CACHE_FOLDER
+                    | "FORMAT.tmp"
+                    | "snapfs.log"
+            )
         ) {
             return Ok(false);
         }

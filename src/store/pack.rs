@@ -101,6 +101,8 @@ pub struct PackWriter {
     id: u64,
     out: Box<dyn PackAppender>,
     len: u64,
+    /// Every record written, for the pack's index object.
+    records: Vec<(ChunkHash, Location)>,
 }
 
 impl PackWriter {
@@ -120,6 +122,7 @@ impl PackWriter {
             id,
             out,
             len: PACK_HEADER_LEN,
+            records: Vec::new(),
         })
     }
 
@@ -152,6 +155,7 @@ impl PackWriter {
         self.out.append(&record_header(hash, &location))?;
         self.out.append(stored)?;
         self.len += location.record_len();
+        self.records.push((*hash, location));
         Ok(location)
     }
 
@@ -160,9 +164,11 @@ impl PackWriter {
         self.out.sync()
     }
 
-    /// Ends the pack after `sync` (a remote backend uploads it here).
-    pub fn seal(self) -> Result<()> {
-        self.out.seal()
+    /// Ends the pack after `sync` (a remote backend uploads it here), and
+    /// returns its index object (see pack_index.rs).
+    pub fn seal(self) -> Result<Vec<u8>> {
+        self.out.seal()?;
+        Ok(super::pack_index::encode(self.id, self.len, &self.records))
     }
 }
 
@@ -192,6 +198,21 @@ pub fn read_record_into(
     storage: &dyn PackStorage,
     hash: &ChunkHash,
     location: &Location,
+    out: Vec<u8>,
+) -> Result<Vec<u8>> {
+    let read = |id: u64, offset: u64, buf: &mut [u8]| storage.read_exact_at(id, offset, buf);
+    read_record_with(&read, hash, location, out)
+}
+
+/// Reads bytes of a pack: (pack id, offset, buffer to fill).
+pub type ReadAt<'a> = dyn Fn(u64, u64, &mut [u8]) -> Result<()> + 'a;
+
+/// `read_record_into` with the bytes read by `read` (pack, offset, buf):
+/// verify reads past a remote store's cache this way.
+pub fn read_record_with(
+    read: &ReadAt,
+    hash: &ChunkHash,
+    location: &Location,
     mut out: Vec<u8>,
 ) -> Result<Vec<u8>> {
     let corrupt = |why: String| Error::Corrupt {
@@ -209,14 +230,12 @@ pub fn read_record_into(
         )));
     }
     let mut record = vec![0u8; location.record_len() as usize];
-    storage
-        .read_exact_at(location.pack, location.offset, &mut record)
-        .map_err(|e| match e {
-            Error::Io { source, .. } if source.kind() == std::io::ErrorKind::UnexpectedEof => {
-                corrupt("pack is shorter than the index says".into())
-            }
-            other => other,
-        })?;
+    read(location.pack, location.offset, &mut record).map_err(|e| match e {
+        Error::Io { source, .. } if source.kind() == std::io::ErrorKind::UnexpectedEof => {
+            corrupt("pack is shorter than the index says".into())
+        }
+        other => other,
+    })?;
     if record[..RECORD_HEADER_LEN] != record_header(hash, location) {
         return Err(corrupt("record header does not match the index".into()));
     }

@@ -14,6 +14,8 @@ pub mod faults;
 pub mod hostile;
 pub mod kill;
 pub mod mount;
+pub mod s3_proxy;
+pub mod seaweed;
 pub mod vm;
 
 use std::fs::{self, File};

@@ -35,6 +35,8 @@ pub struct Mount {
     child: Option<Child>,
     /// The pid of a daemon mount (not our child).
     daemon: Option<u32>,
+    /// Environment of the mount process beyond the test's (a bucket's).
+    envs: Vec<(String, String)>,
 }
 
 impl Mount {
@@ -46,6 +48,15 @@ impl Mount {
     /// Like `start`, with extra arguments for `snapfs mount`.
     pub fn start_with(store: &Path, args: &[&str]) -> Mount {
         Mount::try_start_with(store, args).unwrap_or_else(|why| panic!("{why}"))
+    }
+
+    /// Like `start_with`, with `envs` set for the mount process (the AWS
+    /// variables of a store in a bucket).
+    pub fn start_env(store: &Path, args: &[&str], envs: &[(String, String)]) -> Mount {
+        let mut mount = Mount::new(store, args);
+        mount.envs = envs.to_vec();
+        mount.spawn().unwrap_or_else(|why| panic!("{why}"));
+        mount
     }
 
     /// Like `start_with`; Err says why the mount ended before serving
@@ -94,6 +105,7 @@ impl Mount {
             args: args.iter().map(|a| a.to_string()).collect(),
             child: None,
             daemon: None,
+            envs: Vec::new(),
         }
     }
 
@@ -109,6 +121,7 @@ impl Mount {
             .arg(&self.mnt)
             .args(&self.args)
             .current_dir(self.dir())
+            .envs(self.envs.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::from(log_out))
             .stderr(Stdio::from(log));
         // If the test process dies without unwinding, the mount unmounts

@@ -232,6 +232,36 @@ impl PackStorage for FaultyPacks {
     fn pack_name(&self, id: u64) -> String {
         self.inner.pack_name(id)
     }
+
+    fn location(&self) -> String {
+        self.inner.location()
+    }
+
+    fn read_fresh(&self, id: u64, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.faults.apply(Op::Read, &self.pack(id))?;
+        self.inner.read_fresh(id, offset, buf)
+    }
+
+    fn drop_cached(&self, id: u64) -> bool {
+        self.inner.drop_cached(id)
+    }
+
+    fn recoverable(&self) -> Result<Vec<PackInfo>> {
+        self.faults.apply(Op::List, &|| "packs".into())?;
+        self.inner.recoverable()
+    }
+
+    fn settled(&self, age: std::time::Duration) -> Result<Vec<PackInfo>> {
+        self.inner.settled(age)
+    }
+
+    fn sidecar(&self) -> Option<&dyn super::Sidecar> {
+        self.inner.sidecar()
+    }
+
+    fn cache_usage(&self) -> Option<(std::path::PathBuf, u64, u64)> {
+        self.inner.cache_usage()
+    }
 }
 
 struct FaultyAppender {

@@ -28,7 +28,11 @@ pub struct LocalPacks {
 impl LocalPacks {
     /// The packs of the store at `root`; makes their folder if need be.
     pub fn in_store(root: &Path) -> Result<LocalPacks> {
-        let dir = root.join(FOLDER);
+        LocalPacks::in_folder(root.join(FOLDER))
+    }
+
+    /// Packs in `dir` (a remote backend's staging folder).
+    pub fn in_folder(dir: PathBuf) -> Result<LocalPacks> {
         crate::modes::create_private_dir(&dir).context(|| format!("creating {}", dir.display()))?;
         Ok(LocalPacks {
             dir,
@@ -137,6 +141,10 @@ impl PackStorage for LocalPacks {
 
     fn pack_name(&self, id: u64) -> String {
         self.pack_path(id).display().to_string()
+    }
+
+    fn location(&self) -> String {
+        self.dir.display().to_string()
     }
 }
 
