@@ -306,3 +306,69 @@ fn wrong_credentials_and_a_missing_bucket_are_refused_with_one_line() {
         );
     assert!(twice.contains("already holds a snapfs store"), "{twice}");
 }
+
+#[test]
+fn a_profile_in_the_aws_files_gives_the_endpoint_region_and_keys() {
+    if !need_weed("a_profile_in_the_aws_files_gives_the_endpoint_region_and_keys") {
+        return;
+    }
+    let fx = Fixture::new();
+    let config = fx.path("aws-config");
+    let credentials = fx.path("aws-credentials");
+    std::fs::write(
+        &config,
+        format!(
+            "[default]\nregion = eu-west-1\n\n[profile lab]\nregion = us-east-1\nendpoint_url = {}\n",
+            fx.weed.endpoint()
+        ),
+    )
+    .expect("write config");
+    std::fs::write(
+        &credentials,
+        format!(
+            "[lab]\naws_access_key_id = {ACCESS_KEY}\naws_secret_access_key = {}\n",
+            common::seaweed::SECRET_KEY
+        ),
+    )
+    .expect("write credentials");
+    // Nothing in the environment but the profile's name and files.
+    let with_profile = |store: &Path| {
+        let mut cmd = snapfs(store);
+        for (var, _) in std::env::vars().filter(|(v, _)| v.starts_with("AWS_")) {
+            cmd.env_remove(var);
+        }
+        cmd.env("AWS_PROFILE", "lab")
+            .env("AWS_CONFIG_FILE", &config)
+            .env("AWS_SHARED_CREDENTIALS_FILE", &credentials);
+        cmd
+    };
+    let store = fx.path("store");
+    let image = fx.path("disk.img");
+    std::fs::write(&image, vec![7u8; 1 << 20]).expect("write image");
+    ok(with_profile(&store).args(["init", "--packs", &format!("s3://{BUCKET}/profile")]));
+    ok(with_profile(&store).args(["disk", "add", "d"]).arg(&image));
+    ok(with_profile(&store).args(["snapshot", "create", "d", "s1"]));
+    let out = fx.path("out.img");
+    ok(with_profile(&store)
+        .args(["export", "d", "s1", "-o"])
+        .arg(&out));
+    assert_eq!(
+        std::fs::read(&out).expect("read export"),
+        vec![7u8; 1 << 20]
+    );
+    // The profile's keys are what let it in: a wrong one is refused.
+    // (Without keys at all the client would ask the EC2 metadata service,
+    // which is not on loopback: not tried here.)
+    let wrong = fx.path("aws-credentials-wrong");
+    std::fs::write(
+        &wrong,
+        format!("[lab]\naws_access_key_id = {ACCESS_KEY}\naws_secret_access_key = not-it\n"),
+    )
+    .expect("write credentials");
+    let said = fails(
+        with_profile(&store)
+            .env("AWS_SHARED_CREDENTIALS_FILE", &wrong)
+            .args(["snapshot", "list"]),
+    );
+    assert!(said.contains("refused the credentials"), "{said}");
+}

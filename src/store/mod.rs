@@ -30,8 +30,8 @@ pub mod import;
 mod ingest;
 pub mod lock;
 pub mod pack;
-mod single_flight;
 pub mod pack_index;
+mod single_flight;
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};

@@ -224,12 +224,17 @@ impl Seaweed {
         let client = self.client(bucket);
         let started = Instant::now();
         loop {
-            if client.list("").is_ok() {
+            // Listed is not enough after a restart: a volume server may
+            // still answer InternalError for the objects it holds.
+            if client
+                .list("")
+                .is_ok_and(|objects| objects.iter().all(|(key, _)| client.readable(key)))
+            {
                 return;
             }
             assert!(
                 started.elapsed() < READY_TIMEOUT,
-                "bucket {bucket} never listed"
+                "bucket {bucket} never listed with every object readable"
             );
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -355,6 +360,14 @@ impl TestBucket {
             .map(|(key, _)| key)
             .filter(|key| key.ends_with(suffix))
             .collect()
+    }
+
+    /// True when `key` can be fetched now.
+    pub fn readable(&self, key: &str) -> bool {
+        let location = ObjectPath::from(key);
+        self.runtime
+            .block_on(async { self.client.get(&location).await?.bytes().await })
+            .is_ok()
     }
 
     pub fn get(&self, key: &str) -> Vec<u8> {

@@ -83,11 +83,14 @@ impl Drop for Bucket {
 
 impl Bucket {
     /// A client of `bucket` with the AWS environment's endpoint, region and
-    /// credentials. Talks to nobody yet.
+    /// credentials, and what the environment leaves out from the profile
+    /// in `~/.aws/config` and `~/.aws/credentials`. Talks to nobody yet.
     pub fn connect(bucket: &str) -> Result<Bucket> {
+        let profile = super::profile::Profile::from_files();
         let endpoint = std::env::var("AWS_ENDPOINT_URL_S3")
             .or_else(|_| std::env::var("AWS_ENDPOINT_URL"))
-            .ok();
+            .ok()
+            .or(profile.endpoint_url.clone());
         let retry = RetryConfig {
             backoff: BackoffConfig {
                 init_backoff: Duration::from_millis(100),
@@ -119,7 +122,18 @@ impl Bucket {
         if std::env::var_os("AWS_REGION").is_none()
             && std::env::var_os("AWS_DEFAULT_REGION").is_none()
         {
-            builder = builder.with_region("us-east-1");
+            builder = builder.with_region(profile.region.as_deref().unwrap_or("us-east-1"));
+        }
+        // Keys in the environment win; else the profile's, if it has both.
+        if std::env::var_os("AWS_ACCESS_KEY_ID").is_none() {
+            if let (Some(id), Some(secret)) = (&profile.access_key_id, &profile.secret_access_key) {
+                builder = builder
+                    .with_access_key_id(id)
+                    .with_secret_access_key(secret);
+                if let Some(token) = &profile.session_token {
+                    builder = builder.with_token(token);
+                }
+            }
         }
         let client = builder
             .build()

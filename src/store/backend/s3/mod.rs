@@ -10,6 +10,7 @@ mod cache;
 mod client;
 mod fetch;
 pub mod keys;
+mod profile;
 
 use std::collections::{HashMap, HashSet};
 use std::io;
