@@ -44,6 +44,7 @@ die() { log "ERROR: $*"; exit 1; }
 #   fuse DIR      fusermount3 -u (lazy umount if that fails)
 #   snapfs DIR    snapfs umount (fusermount3 -u / lazy umount if that fails)
 #   pid PID       kill, then kill -9 after 10 s
+#   file PATH     rm -f (what a server leaves behind)
 UNDO=()
 push_undo() { UNDO+=("$1 $2"); }
 
@@ -65,6 +66,7 @@ undo_one() {
                 timeout 60 "$SNAPFS" umount "$arg" >/dev/null 2>&1 ||
                     fusermount3 -u "$arg" 2>/dev/null || umount -l "$arg" || true
             fi ;;
+        file) rm -f "$arg" ;;
         pid)
             if kill -0 "$arg" 2>/dev/null; then
                 kill "$arg" 2>/dev/null || true

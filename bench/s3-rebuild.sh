@@ -20,14 +20,15 @@ P=()
 for i in 0 1 2 3 4 5 6 7; do P[i]=$(free_port); done
 printf '{"identities":[{"name":"b","credentials":[{"accessKey":"k","secretKey":"s"}],"actions":["Admin","Read","Write","List","Tagging"]}]}' >"$D/s3.json"
 mkdir "$D/data"
-"$W" server -ip=127.0.0.1 -ip.bind=127.0.0.1 -dir="$D/data" \
+TMPDIR="$D" "$W" server -ip=127.0.0.1 -ip.bind=127.0.0.1 -dir="$D/data" \
     -master.port="${P[0]}" -master.port.grpc="${P[1]}" -volume.port="${P[2]}" \
     -volume.port.grpc="${P[3]}" -volume.max=0 -master.volumeSizeLimitMB=256 \
     -filer -filer.port="${P[4]}" -filer.port.grpc="${P[5]}" \
     -s3 -s3.port="${P[6]}" -s3.port.grpc="${P[7]}" -s3.port.iceberg=0 -s3.port.lance=0 \
-    -s3.config="$D/s3.json" -metricsPort=0 >"$D/weed.log" 2>&1 &
+    -s3.config="$D/s3.json" -metricsPort=0 -filer.localSocket="$D/filer.sock" -s3.localSocket="$D/s3.sock" >"$D/weed.log" 2>&1 &
 WP=$!
-trap 'kill $WP; wait $WP 2>/dev/null; rm -rf "$D"' EXIT
+# weed puts its gRPC sockets in /tmp whatever it is told: removed after it.
+trap 'kill $WP; wait $WP 2>/dev/null; rm -rf "$D"; for port in "${P[@]}"; do rm -f /tmp/seaweedfs-{master,volume,filer,s3}-grpc-"$port".sock; done' EXIT
 for _ in $(seq 1 300); do
     curl -s -o /dev/null "http://127.0.0.1:${P[4]}/buckets/" && break
     sleep 0.2

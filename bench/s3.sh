@@ -29,14 +29,6 @@ BENCH_S3_RESULTS=${BENCH_S3_RESULTS:-$SCRIPT_DIR/results-s3-latest.md}
 KEY=snapfs-bench
 SECRET=snapfs-bench-secret
 
-declare -A T=()
-note() { T["$1|$2"]="${T["$1|$2"]:-} $3"; }
-measure() {
-    local tag=$1 step=$2; shift 2
-    timed "$@"
-    note "$tag" "$step" "$T_S"
-}
-
 free_port() { "$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
 # weed_binary: the binary behind a pyenv shim, so that our pid is the server's.
@@ -55,13 +47,20 @@ start_weed() {
     mkdir -p "$dir/data"
     printf '{"identities":[{"name":"bench","credentials":[{"accessKey":"%s","secretKey":"%s"}],"actions":["Admin","Read","Write","List","Tagging"]}]}\n' \
         "$KEY" "$SECRET" >"$dir/s3.json"
-    "$(weed_binary)" server -ip=127.0.0.1 -ip.bind=127.0.0.1 -dir="$dir/data" \
+    TMPDIR="$dir" "$(weed_binary)" server -ip=127.0.0.1 -ip.bind=127.0.0.1 -dir="$dir/data" \
         -master.port="${p[0]}" -master.port.grpc="${p[1]}" -volume.port="${p[2]}" \
         -volume.port.grpc="${p[3]}" -volume.max=0 -master.volumeSizeLimitMB=1024 \
         -filer -filer.port="${p[4]}" -filer.port.grpc="${p[5]}" \
         -s3 -s3.port="${p[6]}" -s3.port.grpc="${p[7]}" -s3.port.iceberg=0 -s3.port.lance=0 \
-        -s3.config="$dir/s3.json" -metricsPort=0 >"$LOG_DIR/weed.log" 2>&1 &
+        -s3.config="$dir/s3.json" -metricsPort=0 -filer.localSocket="$dir/filer.sock" -s3.localSocket="$dir/s3.sock" >"$LOG_DIR/weed.log" 2>&1 &
     WEED_PID=$!
+    # weed puts its gRPC sockets in /tmp whatever it is told; removed after it.
+    local port kind
+    for port in "${p[@]}"; do
+        for kind in master volume filer s3; do
+            push_undo file "/tmp/seaweedfs-$kind-grpc-$port.sock"
+        done
+    done
     push_undo pid "$WEED_PID"
     FILER_PORT=${p[4]}
     S3_PORT=${p[6]}
@@ -86,7 +85,7 @@ set_aws() {
          AWS_SECRET_ACCESS_KEY="$SECRET" AWS_REGION=us-east-1)
 }
 
-mount_with() {
+mount_store() {
     local store=$1 mnt=$2 i
     mkdir -p "$mnt"
     "${AWS[@]}" "$SNAPFS_BIN" --store "$store" mount "$mnt" >>"$LOG_DIR/mount.log" 2>&1 &
@@ -101,7 +100,7 @@ mount_with() {
     die "the mount of $store on $mnt did not come up (log: $LOG_DIR/mount.log)"
 }
 
-unmount_with() {
+unmount_store() {
     SNAPFS_STORE=$2 release snapfs "$1"
     release pid "$MOUNT_PID"
 }
@@ -132,10 +131,10 @@ snapfs_round() {
         note s3 cache_mb "$(mb "$(bytes_of "$store/cache")")"
         rm -rf "$store/cache"
     fi
-    mount_with "$store" "$mnt"
+    mount_store "$store" "$mnt"
     # shellcheck disable=SC2016
     measure "$tag" cat "$tag-$n-cat" sh -c 'cat "$1" >/dev/null' _ "$mnt/vm1/s1"
-    unmount_with "$mnt" "$store"
+    unmount_store "$mnt" "$store"
     rm -rf "$store"
 }
 
@@ -144,16 +143,6 @@ restic_round() {
     logged restic "${AWS[@]}" restic -r "$repo" init
     measure restic first "restic-$n-first" "${AWS[@]}" restic -r "$repo" backup "$WL/disk-v1.img"
 }
-
-stat_of() {
-    # shellcheck disable=SC2086
-    printf '%s\n' ${T["$1|$2"]:-} | sort -g | awk '
-        { v[NR] = $1 }
-        END { if (NR == 0) { print "-"; exit }
-              m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
-              printf "%g (%g-%g)", m, v[1], v[NR] }'
-}
-median_of() { stat_of "$1" "$2" | cut -d' ' -f1; }
 
 report() {
     {

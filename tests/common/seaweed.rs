@@ -167,6 +167,17 @@ impl Seaweed {
                 self.dir.path().join("s3.json").display()
             ))
             .arg("-metricsPort=0")
+            // Its local sockets in our folder, not /tmp: gone with it.
+            .arg(format!(
+                "-filer.localSocket={}",
+                self.dir.path().join("filer.sock").display()
+            ))
+            .arg(format!(
+                "-s3.localSocket={}",
+                self.dir.path().join("s3.sock").display()
+            ))
+            // Its logs go to TMPDIR: our folder.
+            .env("TMPDIR", self.dir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::from(log.try_clone().expect("clone log")))
             .stderr(Stdio::from(log));
@@ -257,6 +268,13 @@ impl Seaweed {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+            // weed puts its gRPC sockets in /tmp whatever it is told:
+            // /tmp/seaweedfs-KIND-grpc-PORT.sock for our ports.
+            for port in self.ports.iter() {
+                for kind in ["master", "volume", "filer", "s3"] {
+                    let _ = std::fs::remove_file(format!("/tmp/seaweedfs-{kind}-grpc-{port}.sock"));
+                }
+            }
         }
     }
 
