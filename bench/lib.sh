@@ -337,11 +337,14 @@ measure() {
     note "$tag" "$step" "$T_S"
 }
 
-# mount_with BIN STORE MNT: start a mount in the background, wait until it serves.
+# mount_with BIN STORE MNT: start a mount in the background, wait until it
+# serves. MOUNT_PREFIX (an array, empty by default) goes before BIN, e.g.
+# `env AWS_...=...` for a store in a bucket.
+MOUNT_PREFIX=()
 mount_with() {
     local bin=$1 store=$2 mnt=$3 i
     mkdir -p "$mnt"
-    "$bin" --store "$store" mount "$mnt" >>"$LOG_DIR/mount.log" 2>&1 &
+    "${MOUNT_PREFIX[@]}" "$bin" --store "$store" mount "$mnt" >>"$LOG_DIR/mount.log" 2>&1 &
     MOUNT_PID=$!
     push_undo pid "$MOUNT_PID"
     push_undo snapfs "$mnt"

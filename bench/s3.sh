@@ -85,26 +85,6 @@ set_aws() {
          AWS_SECRET_ACCESS_KEY="$SECRET" AWS_REGION=us-east-1)
 }
 
-mount_store() {
-    local store=$1 mnt=$2 i
-    mkdir -p "$mnt"
-    "${AWS[@]}" "$SNAPFS_BIN" --store "$store" mount "$mnt" >>"$LOG_DIR/mount.log" 2>&1 &
-    MOUNT_PID=$!
-    push_undo pid "$MOUNT_PID"
-    push_undo snapfs "$mnt"
-    for ((i = 0; i < 600; i++)); do
-        [[ -e $mnt/vm1 ]] && return 0
-        kill -0 "$MOUNT_PID" 2>/dev/null || break
-        sleep 0.1
-    done
-    die "the mount of $store on $mnt did not come up (log: $LOG_DIR/mount.log)"
-}
-
-unmount_store() {
-    SNAPFS_STORE=$2 release snapfs "$1"
-    release pid "$MOUNT_PID"
-}
-
 # snapfs_round TAG N: local or s3.
 snapfs_round() {
     local tag=$1 n=$2 dir="$RUN/$1" store="$RUN/$1/store-$2" mnt="$RUN/$1/mnt"
@@ -131,10 +111,11 @@ snapfs_round() {
         note s3 cache_mb "$(mb "$(bytes_of "$store/cache")")"
         rm -rf "$store/cache"
     fi
-    mount_store "$store" "$mnt"
+    MOUNT_PREFIX=("${AWS[@]}")
+    mount_with "$SNAPFS_BIN" "$store" "$mnt"
     # shellcheck disable=SC2016
     measure "$tag" cat "$tag-$n-cat" sh -c 'cat "$1" >/dev/null' _ "$mnt/vm1/s1"
-    unmount_store "$mnt" "$store"
+    unmount_with "$mnt" "$store"
     rm -rf "$store"
 }
 

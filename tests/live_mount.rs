@@ -813,15 +813,7 @@ fn a_live_snapshot_reads_its_freeze_point_at_once_while_it_is_stored() {
         .expect("read while storing");
     assert_bytes("the snapshot read while it is stored", &bytes, &at_freeze);
     // Wait for the outcome, then read again through the same handle.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while getxattr(&image, "user.snapfs.state").as_deref() != Some("accomplished") {
-        assert!(
-            Instant::now() < deadline,
-            "the snapshot was never stored: {}",
-            fs::read_to_string(folder.join(".status")).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_stored(&folder, "frozen");
     early
         .read_exact_at(&mut bytes, 0)
         .expect("read after storing");
@@ -838,11 +830,7 @@ fn a_live_snapshot_reads_its_freeze_point_at_once_while_it_is_stored() {
     let out = ok(snapfs(&fx.store).args(["snapshot", "create", "data", "quick", "--no-wait"]));
     assert!(out.contains("frozen"), "{out}");
     // One snapshot of a disk at a time: the next waits for this one.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while getxattr(&folder.join("quick"), "user.snapfs.state").as_deref() != Some("accomplished") {
-        assert!(Instant::now() < deadline, "quick was never stored");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_stored(&folder, "quick");
     let out = ok(snapfs(&fx.store).args(["snapshot", "create", "data", "waited"]));
     assert!(
         out.contains("waited") && out.contains("accomplished"),

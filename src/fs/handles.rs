@@ -200,7 +200,6 @@ impl SnapFs {
         let handle = self.handles.get(fh)?;
         match handle.as_ref() {
             Handle::Image { reader, state } => {
-                self.prefetcher.fan_out(reader, offset, size as u64);
                 // The cause travels to the FUSE edge, which logs it once.
                 let data = reader.read_bytes(offset, size as usize).map_err(|e| {
                     let record = reader.record();

@@ -42,22 +42,6 @@ impl Prefetcher {
         }
     }
 
-    /// Before a read of `len` bytes at `offset` that spans several chunks:
-    /// hands all but its first chunk to the pool, so that they decompress
-    /// on other cores while this thread does the first (the chunk cache
-    /// reads each chunk once, whoever asks first).
-    pub fn fan_out(&self, reader: &Arc<ImageReader>, offset: u64, len: u64) {
-        let chunk_size = reader.record().chunk_size as u64;
-        let end = (offset + len).min(reader.size());
-        if end <= offset {
-            return;
-        }
-        let (first, last) = (offset / chunk_size, (end - 1) / chunk_size);
-        for chunk in first + 1..=last {
-            self.request(reader, chunk);
-        }
-    }
-
     /// Notes a read of `len` bytes at `offset` and schedules read-ahead.
     pub fn on_read(
         &self,

@@ -81,10 +81,9 @@ impl SnapshotService {
         let spawned = std::thread::Builder::new()
             .name("snapfs-live-snapshot".into())
             .spawn(move || {
-                let frozen = std::sync::Mutex::new(sender.clone());
+                let frozen = sender.clone();
                 let on_frozen = move || {
-                    let sender = frozen.lock().unwrap_or_else(|e| e.into_inner());
-                    let _ = sender.send(None);
+                    let _ = frozen.send(None);
                 };
                 let result = service.take_snapshot_with(
                     &disk,

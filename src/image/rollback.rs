@@ -238,6 +238,16 @@ enum Held {
     Data(ChunkHash),
 }
 
+impl Held {
+    fn of(piece: &[u8]) -> Held {
+        if is_all_zero(piece) {
+            Held::Zeros
+        } else {
+            Held::Data(ChunkHash::of(piece))
+        }
+    }
+}
+
 /// Compares every chunk and writes those that differ.
 fn write_differing(
     store: &Store,
@@ -256,22 +266,8 @@ fn write_differing(
         libc::posix_fadvise(read_fd.as_raw_fd(), 0, 0, libc::POSIX_FADV_SEQUENTIAL);
     }
     let source = ImageSource::of_file(read_fd, path, record.size);
-    let mut writer = ChunkWriter {
-        store,
-        record,
-        map: MapReader::new(store, record.map),
-        file: target.file(),
-        punch: target.kind() == TargetKind::File,
-        zeros: Vec::new(),
-        report,
-    };
-    let judge = |piece: &[u8]| -> Result<Held> {
-        Ok(if is_all_zero(piece) {
-            Held::Zeros
-        } else {
-            Held::Data(ChunkHash::of(piece))
-        })
-    };
+    let mut writer = ChunkWriter::new(store, record, target, report);
+    let judge = |piece: &[u8]| -> Result<Held> { Ok(Held::of(piece)) };
     let mut collect = |piece: Piece<'_, Held>| -> Result<()> {
         match piece {
             Piece::Unread { first, count, .. } => {
@@ -316,15 +312,7 @@ fn write_differing_in(
     let chunk_size = record.chunk_size as u64;
     let chunks = record.size.div_ceil(chunk_size);
     let path = target.path().to_path_buf();
-    let mut writer = ChunkWriter {
-        store,
-        record,
-        map: MapReader::new(store, record.map),
-        file: target.file(),
-        punch: target.kind() == TargetKind::File,
-        zeros: Vec::new(),
-        report,
-    };
+    let mut writer = ChunkWriter::new(store, record, target, report);
     let mut buf = vec![0u8; chunk_size as usize];
     let mut done = 0u64;
     // Progress counts to the image size, like a whole rollback's.
@@ -335,14 +323,12 @@ fn write_differing_in(
     for range in ranges {
         for chunk in range.start..range.end.min(chunks) {
             let piece = &mut buf[..record.chunk_len(chunk) as usize];
-            crate::live::read_zero_filled(target.file(), piece, chunk * chunk_size)
+            // The target holds the snapshot's size by now (resized first).
+            target
+                .file()
+                .read_exact_at(piece, chunk * chunk_size)
                 .context(|| format!("reading {} at chunk {chunk}", path.display()))?;
-            let held = if is_all_zero(piece) {
-                Held::Zeros
-            } else {
-                Held::Data(ChunkHash::of(piece))
-            };
-            writer.make_equal(chunk, &held)?;
+            writer.make_equal(chunk, &Held::of(piece))?;
             done += chunk_size;
             progress(done.saturating_mul(record.size) / total.max(1));
         }
@@ -362,7 +348,24 @@ struct ChunkWriter<'a> {
     report: &'a mut RollbackReport,
 }
 
-impl ChunkWriter<'_> {
+impl<'a> ChunkWriter<'a> {
+    fn new(
+        store: &'a Store,
+        record: &'a SnapshotRecord,
+        target: &'a Target,
+        report: &'a mut RollbackReport,
+    ) -> ChunkWriter<'a> {
+        ChunkWriter {
+            store,
+            record,
+            map: MapReader::new(store, record.map),
+            file: target.file(),
+            punch: target.kind() == TargetKind::File,
+            zeros: Vec::new(),
+            report,
+        }
+    }
+
     /// Makes chunk `chunk` of the target, which holds `held`, equal to the
     /// snapshot's.
     fn make_equal(&mut self, chunk: u64, held: &Held) -> Result<()> {

@@ -396,7 +396,6 @@ impl LiveDisk {
             disk: self.clone(),
             copies,
             marks,
-            parent: parent_record.as_ref().map(Parent::from),
             parent_record,
             size,
             full_read,
@@ -455,7 +454,7 @@ pub struct Frozen {
     pub(super) disk: Arc<LiveDisk>,
     pub(super) copies: Arc<Copies>,
     marks: FrozenMarks,
-    pub(super) parent: Option<Parent>,
+    /// The snapshot this one is built on, when it reads only the change.
     parent_record: Option<SnapshotRecord>,
     pub(super) size: u64,
     full_read: Option<String>,
@@ -475,7 +474,7 @@ impl Frozen {
 
     /// The snapshot this one is built on, when it reads only the change.
     pub fn parent(&self) -> Option<Parent> {
-        self.parent
+        self.parent_record.as_ref().map(Parent::from)
     }
 
     /// Why the snapshot reads every chunk, or None when it reads only the
@@ -714,7 +713,7 @@ impl Copies {
     }
 
     /// Bytes of chunk `c` in the frozen disk.
-    fn chunk_len(&self, c: u64) -> usize {
+    pub(crate) fn chunk_len(&self, c: u64) -> usize {
         (self.size - c * self.chunk_size).min(self.chunk_size) as usize
     }
 
@@ -816,11 +815,6 @@ impl Copies {
         } else {
             Err(Error::Invalid(format!("chunk {c} is not frozen")))
         }
-    }
-
-    /// The frozen length of chunk `c`.
-    pub(crate) fn frozen_len(&self, c: u64) -> usize {
-        self.chunk_len(c)
     }
 }
 

@@ -137,7 +137,7 @@ impl Progressing {
             let piece_end = ((c + 1) * cs).min(end);
             let piece = &mut buf[(pos - offset) as usize..(piece_end - offset) as usize];
             if copies.is_frozen(c) {
-                chunk.resize(copies.frozen_len(c), 0);
+                chunk.resize(copies.chunk_len(c), 0);
                 let _stripe = copies.lock_stripe(copies.stripe(c));
                 copies.read_chunk(disk.backing(), c, &mut chunk)?;
                 let at = (pos - c * cs) as usize;

@@ -75,14 +75,14 @@ impl ChunkSource for FrozenSource<'_> {
 
     fn next_range(&self, pos: u64) -> Result<Option<(u64, u64)>> {
         let from = pos.div_ceil(self.chunk_size());
-        Ok(match self.frozen.parent {
+        Ok(match self.frozen.parent() {
             Some(_) => self.next_changed(from),
             None => self.next_full(from),
         })
     }
 
     fn unread(&self) -> Unread {
-        match self.frozen.parent {
+        match self.frozen.parent() {
             Some(parent) => Unread::SameAs(parent),
             None => Unread::Zeros,
         }
