@@ -420,7 +420,7 @@ fn usage_errors_exit_2() {
         vec!["gc", "--min-dead", "-1"],
         vec!["gc", "--min-dead", "lots"],
         vec!["init", "--chunk-size", "12X"],
-        vec!["init", "--compression", "lz4"],
+        vec!["init", "--compression", "lzma"],
         vec!["verify", "d", "s", "extra"],
         vec!["stats", "extra"],
     ];

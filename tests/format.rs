@@ -8,7 +8,8 @@ use std::path::Path;
 use snapfs::hash::ChunkHash;
 use snapfs::map::encode_page;
 use snapfs::store::backend::local::LocalPacks;
-use snapfs::store::pack::{Codec, Location, PackWriter};
+use snapfs::store::codec::Codec;
+use snapfs::store::pack::{Location, PackWriter};
 
 fn check_golden(name: &str, bytes: &[u8]) {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -62,6 +63,12 @@ fn index_entry_layout_is_frozen() {
     };
     check_golden("index-entry-v1.bin", &location.encode());
     assert_eq!(Location::decode(&location.encode()).unwrap(), location);
+    // The codec bytes of FORMAT.md, in records and index entries alike.
+    for (codec, byte) in [(Codec::None, 0u8), (Codec::Zstd, 1), (Codec::Lz4, 2)] {
+        assert_eq!(codec as u8, byte);
+        assert_eq!(Codec::from_u8(byte), Some(codec));
+    }
+    assert_eq!(Codec::from_u8(3), None);
 }
 
 #[test]

@@ -218,6 +218,52 @@ fn stats_without_db(store: &Path) -> serde_json::Value {
 /// the image, restore files from a read-only loop mount of it, convert it
 /// with qemu-img; change the disk, snapshot again, and the first snapshot
 /// still holds the old bytes and files.
+/// A store of each compression setting reads its snapshot back through
+/// the mount and through export byte for byte, and compresses (or not)
+/// as it says.
+#[test]
+fn every_compression_setting_reads_back_through_mount_and_export() {
+    let test = "every_compression_setting_reads_back_through_mount_and_export";
+    if !need_fuse(test) {
+        return;
+    }
+    let fx = Fixture::new();
+    // Text-like chunks (compressible), random ones (not), and a hole.
+    let source = fx.path("mixed.img");
+    let text = b"snapfs keeps every chunk once\n";
+    let mut bytes: Vec<u8> = (0..3 * MIB)
+        .map(|i| text[(i % 30) as usize] ^ ((i / 4096) as u8 & 7))
+        .collect();
+    bytes.extend(Rng::new(31).bytes(2 * MIB as usize));
+    bytes.extend(vec![0u8; MIB as usize]);
+    fs::write(&source, &bytes).expect("write source");
+    for compression in ["zstd", "lz4", "none"] {
+        let store = fx.path(&format!("store-{compression}"));
+        ok(snapfs(&store).args(["init", "--compression", compression]));
+        ok(snapfs(&store).args(["disk", "add", "d"]).arg(&source));
+        ok(snapfs(&store).args(["snapshot", "create", "d", "s1"]));
+        let stats = common::stats_json(&store);
+        let ratio = stats["compression_ratio"]
+            .as_f64()
+            .expect("compression ratio");
+        if compression == "none" {
+            assert!(ratio <= 1.0, "{compression}: ratio {ratio}");
+        } else {
+            assert!(ratio > 1.4, "{compression}: ratio {ratio}");
+        }
+        let mount = Mount::start(&store);
+        let mut image = File::open(mount.disk("d").join("s1")).expect("open snapshot");
+        let mut expected = File::open(&source).expect("open source");
+        common::assert_same_reader(&mut image, &mut expected, compression);
+        drop(image);
+        mount.unmount();
+        let out = fx.path(&format!("export-{compression}.img"));
+        ok(snapfs(&store).args(["export", "d", "s1", "-o"]).arg(&out));
+        assert_same_file(&out, &source);
+        ok(snapfs(&store).args(["verify"]));
+    }
+}
+
 #[test]
 fn ext4_disk_snapshots_restore_files_and_convert_with_qemu_img() {
     let test = "ext4_disk_snapshots_restore_files_and_convert_with_qemu_img";

@@ -25,7 +25,7 @@ use crate::error::{Error, Result};
 use crate::hash::{is_all_zero, ChunkHash};
 use crate::map::{MapBuilder, MapReader};
 use crate::repository::Repository;
-use crate::store::pack::{encode_chunk, Codec};
+use crate::store::codec::{encode_chunk, Codec};
 use crate::store::Ingest;
 
 #[derive(Clone, Debug, Default)]
@@ -309,8 +309,8 @@ fn take_snapshot(
     // Kept chunks count as the parent counted them; read ones replace theirs.
     let mut parent_nonzero = ParentNonzero::new(repo, unread, size, chunk_size)?;
     let mut nonzero_bytes = 0u64;
-    let mut last_report = Instant::now();
-    let zstd = store.config().zstd();
+    let mut last_report: Option<Instant> = None;
+    let encoding = store.config().encoding();
 
     let judge = |piece: &[u8]| -> Result<Verdict> {
         if is_all_zero(piece) {
@@ -320,7 +320,7 @@ fn take_snapshot(
         if store.contains(&hash)? {
             return Ok(Verdict::Known(hash));
         }
-        let (codec, stored) = encode_chunk(piece, zstd);
+        let (codec, stored) = encode_chunk(piece, encoding);
         Ok(Verdict::New {
             hash,
             codec,
@@ -362,7 +362,7 @@ fn take_snapshot(
                         Verdict::Known(hash) => {
                             if !ingest.reference(&hash)? {
                                 // gc removed it since the worker looked.
-                                let (codec, stored) = encode_chunk(piece, zstd);
+                                let (codec, stored) = encode_chunk(piece, encoding);
                                 ingest.append(&hash, len as u32, codec, &stored)?;
                             }
                             hash
@@ -382,8 +382,10 @@ fn take_snapshot(
             }
         }
         if let Some(report) = options.progress {
-            if last_report.elapsed().as_millis() >= 100 {
-                last_report = Instant::now();
+            // The first piece reports at once (a watcher sees the run has
+            // started, however short it is), then every 100 ms.
+            if last_report.is_none_or(|at| at.elapsed().as_millis() >= 100) {
+                last_report = Some(Instant::now());
                 progress.added_bytes = ingest.added_bytes();
                 progress.elapsed = started.elapsed();
                 report(&progress);

@@ -20,7 +20,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use super::pack::{self, Location, PACK_HEADER_LEN};
+use super::pack::{Location, PACK_HEADER_LEN};
 use super::{Ingest, Store};
 use crate::error::{Error, Result};
 use crate::hash::ChunkHash;
@@ -263,7 +263,7 @@ fn move_chunks(
         let moved = store
             .read_record_at(hash, location, Vec::new())
             .and_then(|plain| {
-                let (codec, stored) = pack::encode_chunk(&plain, store.config().zstd());
+                let (codec, stored) = super::codec::encode_chunk(&plain, store.config().encoding());
                 ingest.append(hash, plain.len() as u32, codec, &stored)
             });
         if let Err(e) = moved {

@@ -10,8 +10,9 @@ use sled::transaction::{
 };
 use sled::Transactional;
 
+use super::codec::Codec;
 use super::gc::{self, Roots};
-use super::pack::{self, Codec, Location, PackWriter, PACK_TARGET_SIZE};
+use super::pack::{self, Location, PackWriter, PACK_TARGET_SIZE};
 use super::Store;
 use crate::error::{Error, Result};
 use crate::hash::ChunkHash;
@@ -58,8 +59,8 @@ pub struct Ingest<'s> {
     committed: bool,
     /// Registration in the store's gc coordination (None for gc itself).
     session: Option<u64>,
-    /// A full pack being sealed (uploaded, for a remote store) while the
-    /// next one fills; its entries commit once that ended.
+    /// A full pack being synced and sealed (uploaded, for a remote store)
+    /// while the next one fills; its entries commit once that ended.
     sealing: Option<Sealing>,
     /// Every pack this session created (registered as open for gc).
     created: Vec<u64>,
@@ -152,7 +153,7 @@ impl<'s> Ingest<'s> {
     pub fn put_plain(&mut self, plain: &[u8]) -> Result<ChunkHash> {
         let hash = ChunkHash::of(plain);
         if !self.reference(&hash)? {
-            let (codec, stored) = pack::encode_chunk(plain, self.store.config().zstd());
+            let (codec, stored) = super::codec::encode_chunk(plain, self.store.config().encoding());
             self.append(&hash, plain.len() as u32, codec, &stored)?;
         }
         Ok(hash)
@@ -195,15 +196,11 @@ impl<'s> Ingest<'s> {
         self.added_bytes += location.record_len();
         if writer.len() >= PACK_TARGET_SIZE {
             // Commit index entries per full pack so memory stays bounded on
-            // huge disks; unreferenced chunks are gc's to reclaim.
-            if self.store.storage().sidecar().is_some() {
-                // A remote store uploads the full pack while the next one
-                // fills, and commits the one uploaded before it.
-                self.start_sealing()?;
-            } else {
-                self.seal_pack()?;
-                self.commit_inner(None, None)?;
-            }
+            // huge disks; unreferenced chunks are gc's to reclaim. The
+            // full pack is synced (and, for a remote store, uploaded)
+            // while the next one fills: done here, it would stall the
+            // whole snapshot pipeline for the length of an fsync.
+            self.start_sealing()?;
         }
         Ok(())
     }
@@ -230,19 +227,21 @@ impl<'s> Ingest<'s> {
         }
     }
 
-    /// Seals the full pack on a thread; once the previous one's seal has
-    /// ended, commits the entries of all but the one sealing now.
+    /// Syncs and seals the full pack on a thread; once the previous one's
+    /// seal has ended, commits the entries of all but the one sealing now.
     fn start_sealing(&mut self) -> Result<()> {
         let Some(mut writer) = self.writer.take() else {
             return Ok(());
         };
         let (id, len) = (writer.id(), writer.len());
         self.synced_packs.push((id, len));
-        writer.sync()?;
         let previous = self.sealing.take();
         let thread = std::thread::Builder::new()
             .name("pack-seal".into())
-            .spawn(move || writer.seal());
+            .spawn(move || {
+                writer.sync()?;
+                writer.seal()
+            });
         let thread = match thread {
             Ok(thread) => thread,
             Err(e) => {

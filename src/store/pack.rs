@@ -10,7 +10,7 @@
 //! | 4      | 32   | blake3 hash of the plain bytes         |
 //! | 36     | 4    | stored length, u32 LE                  |
 //! | 40     | 4    | plain length, u32 LE                   |
-//! | 44     | 1    | codec: 0 none, 1 zstd                  |
+//! | 44     | 1    | codec: 0 none, 1 zstd, 2 lz4 (codec.rs)|
 //! | 45     | 3    | reserved, zero                         |
 //!
 //! A pack never changes once written up to its committed length (kept in the
@@ -18,9 +18,8 @@
 //! when the store opens. Where pack bytes live is the backend's business
 //! (store/backend/): this file owns what they mean.
 
-use std::cell::RefCell;
-
 use super::backend::{PackAppender, PackStorage};
+use super::codec::{self, Codec};
 use crate::error::{Error, Result};
 use crate::hash::ChunkHash;
 
@@ -33,22 +32,6 @@ pub const RECORD_HEADER_LEN: usize = 48;
 /// A pack is closed and a new one started past this size, so that gc can
 /// rewrite a pack without copying gigabytes.
 pub const PACK_TARGET_SIZE: u64 = 128 << 20;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Codec {
-    None = 0,
-    Zstd = 1,
-}
-
-impl Codec {
-    pub fn from_u8(value: u8) -> Option<Codec> {
-        match value {
-            0 => Some(Codec::None),
-            1 => Some(Codec::Zstd),
-            _ => None,
-        }
-    }
-}
 
 /// Where a chunk's record lives. This is the value of the index.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -246,8 +229,9 @@ pub fn read_record_with(
             record.truncate(location.stored_len as usize);
             record
         }
-        Codec::Zstd => {
-            decompress_into(
+        codec => {
+            codec::decode_into(
+                codec,
                 &record[RECORD_HEADER_LEN..],
                 location.raw_len as usize,
                 &mut out,
@@ -297,65 +281,6 @@ pub fn check_pack_header(storage: &dyn PackStorage, id: u64) -> Result<()> {
     Ok(())
 }
 
-thread_local! {
-    // zstd contexts are costly to set up (more than compressing a small
-    // chunk): each thread keeps one of each and reuses it.
-    static COMPRESSOR: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
-        const { RefCell::new(None) };
-    static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> =
-        const { RefCell::new(None) };
-    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
-}
-
-/// Compresses into a per-thread scratch buffer, then copies out exactly
-/// the compressed bytes: a fresh buffer of the worst-case size per chunk
-/// would be a fresh memory mapping each time.
-fn compress(plain: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
-    COMPRESSOR.with(|cell| {
-        let mut slot = cell.borrow_mut();
-        let compressor = match slot.take() {
-            Some((kept, compressor)) if kept == level => compressor,
-            _ => zstd::bulk::Compressor::new(level)?,
-        };
-        let (_, compressor) = slot.insert((level, compressor));
-        SCRATCH.with(|scratch| {
-            let mut scratch = scratch.borrow_mut();
-            scratch.clear();
-            scratch.reserve(zstd::zstd_safe::compress_bound(plain.len()));
-            let len = compressor.compress_to_buffer(plain, &mut *scratch)?;
-            Ok(scratch[..len].to_vec())
-        })
-    })
-}
-
-fn decompress_into(packed: &[u8], capacity: usize, out: &mut Vec<u8>) -> std::io::Result<()> {
-    out.clear();
-    out.reserve(capacity);
-    DECOMPRESSOR.with(|cell| {
-        let mut slot = cell.borrow_mut();
-        let decompressor = match slot.take() {
-            Some(decompressor) => decompressor,
-            None => zstd::bulk::Decompressor::new()?,
-        };
-        slot.insert(decompressor)
-            .decompress_to_buffer(packed, out)
-            .map(|_| ())
-    })
-}
-
-/// Compresses a chunk when that saves space; returns the codec used and the
-/// bytes to store.
-pub fn encode_chunk(plain: &[u8], level: Option<i32>) -> (Codec, Vec<u8>) {
-    if let Some(level) = level {
-        if let Ok(packed) = compress(plain, level) {
-            if packed.len() < plain.len() {
-                return (Codec::Zstd, packed);
-            }
-        }
-    }
-    (Codec::None, plain.to_vec())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -381,7 +306,7 @@ mod tests {
         let mut writer = PackWriter::create(&packs, 1).unwrap();
         let data = vec![7u8; 100_000];
         let hash = ChunkHash::of(&data);
-        let (codec, stored) = encode_chunk(&data, Some(3));
+        let (codec, stored) = codec::encode_chunk(&data, codec::Encoding::Zstd { level: 3 });
         assert_eq!(codec, Codec::Zstd);
         let loc = writer
             .append(&hash, data.len() as u32, codec, &stored)

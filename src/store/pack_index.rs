@@ -13,7 +13,8 @@
 //! | 40 | 52 n | records: hash (32), offset u64, stored u32, plain u32, codec u8, 3 reserved |
 //! | 40 + 52 n | 32 | blake3 of every byte before |
 
-use super::pack::{Codec, Location};
+use super::codec::Codec;
+use super::pack::Location;
 use crate::error::{Error, Result};
 use crate::hash::ChunkHash;
 
