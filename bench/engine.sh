@@ -19,7 +19,7 @@ source "$SCRIPT_DIR/lib.sh"   # settings shared with mount.sh, cleanup, timing, 
 
 BENCH_CHUNK_SIZES=${BENCH_CHUNK_SIZES:-"64K 256K 1M 4M"}
 BENCH_DEFAULT_CHUNK=${BENCH_DEFAULT_CHUNK:-64K}     # row used for the ratios
-BENCH_COMPRESSION=${BENCH_COMPRESSION:-zstd}
+BENCH_COMPRESSION=${BENCH_COMPRESSION:-lz4}   # the store's default
 BENCH_TOOLS=${BENCH_TOOLS:-"read snapfs borg restic"} # subset to run
 BENCH_RESULTS=${BENCH_RESULTS:-$SCRIPT_DIR/results-latest.md}
 

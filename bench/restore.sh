@@ -19,7 +19,8 @@
 #   share of each (user+sys over wall).
 # Prints per step the median and range of each side and their ratio, the
 # mount's peak memory against its --cache-size, and writes the table to
-# bench/results-restore-latest.md. Needs root.
+# bench/results-restore-latest.md. Needs root. BENCH_COMPRESSION (default
+# lz4, the store's default) sets the stores' `init --compression`.
 set -euo pipefail
 
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -30,6 +31,7 @@ source "$SCRIPT_DIR/lib.sh"
 BENCH_ROUNDS=${BENCH_ROUNDS:-3}
 BENCH_FIO_RUNTIME=${BENCH_FIO_RUNTIME:-10}
 BENCH_RESTORE_RESULTS=${BENCH_RESTORE_RESULTS:-$SCRIPT_DIR/results-restore-latest.md}
+BENCH_COMPRESSION=${BENCH_COMPRESSION:-lz4}
 CACHE_SIZE=256M   # the mount's default --cache-size
 
 # peak_rss_mb PID: the process's peak resident memory so far, in MB.
@@ -123,7 +125,7 @@ first_step() {
     for side in $ORDER; do
         rm -rf "$store" "$repo"
         if [[ $side == snap ]]; then
-            logged first "$BIN" --store "$store" init
+            logged first "$BIN" --store "$store" init --compression "$BENCH_COMPRESSION"
             logged first "$BIN" --store "$store" disk add vm1 "$RUN/v1.img"
             timed "snap-$n-first" "$BIN" --store "$store" snapshot create vm1 s1
             note snap first "$T_S"
@@ -153,6 +155,7 @@ report() {
         echo "taking turns at every step, cold caches. Binary: \`$BIN_SOURCE\`."
         echo "Workload: the engine benchmark's (BENCH_DATA_MB=$BENCH_DATA_MB, $(mb "$(alloc_of "$WL/disk-v2.img")") MB allocated in v2)."
         echo "Load average at start: $LOAD_START; at end: $(cut -d' ' -f1-3 /proc/loadavg)."
+        echo "Store: \`init --compression $BENCH_COMPRESSION\`, $(du -sm "$STORE" | cut -f1) MB on disk for s1 and s2."
         echo "Cells: median (min-max). Ratio: the raw or reference side over snapfs for times, snapfs over raw for IOPS: above 1, snapfs is faster."
         echo
         echo "| step | unit | raw v2.img / reference | snapshot s2 | ratio | mount peak RSS MB |"
@@ -205,7 +208,7 @@ main() {
     MNT="$RUN/mnt"
     OUT="$RUN/out.img"
     cp --sparse=always "$WL/disk-v1.img" "$RUN/v1.img"
-    logged setup "$BIN" --store "$STORE" init
+    logged setup "$BIN" --store "$STORE" init --compression "$BENCH_COMPRESSION"
     logged setup "$BIN" --store "$STORE" disk add vm1 "$RUN/v1.img"
     logged setup "$BIN" --store "$STORE" snapshot create vm1 s1
     cp --sparse=always "$WL/disk-v2.img" "$RUN/v1.img"

@@ -429,15 +429,17 @@ fn snapshot_killed_after_committing_a_full_pack() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let store = tmp.path().join("store");
     let source = tmp.path().join("big.img");
-    // Random data does not compress: the first pack fills at 128 MiB.
-    write_random_file(&source, 160 << 20, &mut Rng::new(11));
+    // Random data does not compress: the packs fill at 128 MiB each.
+    write_random_file(&source, 300 << 20, &mut Rng::new(11));
     ok(snapfs(&store).args(["init", "--chunk-size", "64K"]));
     ok(snapfs(&store).args(["disk", "add", D]).arg(&source));
 
     let mut create = snapfs(&store);
     create.args(["snapshot", "create", D, "big"]);
     let mut proc = Proc::spawn(&mut create, "snapfs snapshot create", tmp.path());
-    // A second pack file appears only after the first one was committed.
+    // A full pack is synced while the next fills, and committed when that
+    // one is full too: a third pack file appears only after the first one
+    // was committed.
     let packs = |store: &Path| {
         fs::read_dir(store.join("packs"))
             .map(|d| d.filter_map(|e| e.ok()).count())
@@ -445,11 +447,11 @@ fn snapshot_killed_after_committing_a_full_pack() {
     };
     let limit = Duration::from_secs(600);
     let deadline = Instant::now() + limit;
-    while packs(&store) < 2 {
+    while packs(&store) < 3 {
         if let Some(ended) = proc.wait_until(Instant::now() + Duration::from_millis(1)) {
-            panic!("the snapshot ended before its second pack: {ended:?}");
+            panic!("the snapshot ended before its third pack: {ended:?}");
         }
-        assert!(Instant::now() < deadline, "no second pack within {limit:?}");
+        assert!(Instant::now() < deadline, "no third pack within {limit:?}");
     }
     assert_eq!(proc.kill9(), Some(Ended::Killed), "killed mid-way");
 

@@ -22,10 +22,10 @@ pub struct InitArgs {
     /// Chunk size: a power of two from 64K to 4M
     #[arg(long, value_name = "SIZE", default_value = "64K", value_parser = parse_size)]
     chunk_size: u64,
-    /// Compression of stored chunks: lz4 reads back and compresses fastest, zstd packs about a fifth tighter
-    #[arg(long, value_name = "lz4|zstd|none", default_value = "lz4")]
-    compression: Compression,
-    /// zstd level: 1 is fastest, higher levels trade speed for space [default: 1]
+    /// Compression of stored chunks: lz4 reads back and compresses fastest, zstd packs about a fifth tighter [default: lz4; zstd when a level is given]
+    #[arg(long, value_name = "lz4|zstd|none")]
+    compression: Option<Compression>,
+    /// zstd level: 1 is fastest, higher levels trade speed for space (implies --compression zstd) [default: 1]
     #[arg(long, value_name = "LEVEL", value_parser = clap::value_parser!(i32).range(1..=19))]
     level: Option<i32>,
     /// Keep the packs in an S3 bucket, under PREFIX (endpoint and credentials from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION); the index, catalog and a cache stay in the store directory
@@ -94,13 +94,17 @@ pub fn init(dir: &Path, args: InitArgs) -> Result<()> {
     }
     let chunk_size = u32::try_from(args.chunk_size)
         .map_err(|_| anyhow::anyhow!("chunk size {} is too large", args.chunk_size))?;
-    if args.level.is_some() && args.compression != Compression::Zstd {
-        bail!("--level is zstd's: give it with --compression zstd");
-    }
+    let defaults = StoreConfig::default();
+    let compression = match (args.compression, args.level) {
+        (Some(Compression::Zstd), _) | (None, Some(_)) => Compression::Zstd,
+        (Some(other), Some(_)) => bail!("--level is zstd's, not {other}'s"),
+        (Some(other), None) => other,
+        (None, None) => defaults.compression,
+    };
     let config = StoreConfig {
         chunk_size,
-        compression: args.compression,
-        zstd_level: args.level.unwrap_or(StoreConfig::default().zstd_level),
+        compression,
+        zstd_level: args.level.unwrap_or(defaults.zstd_level),
     };
     let packs = match &args.packs {
         Some(url) => PacksConfig::S3(S3Config::new_store(url, cache_bytes)?),
@@ -112,7 +116,7 @@ pub fn init(dir: &Path, args: InitArgs) -> Result<()> {
         "created store {} (chunk size {}, compression {}, packs in {})",
         dir.display(),
         format_bytes(chunk_size as u64),
-        args.compression,
+        compression,
         repo.store().packs_location()
     );
     Ok(())
