@@ -237,6 +237,14 @@ fn every_compression_setting_reads_back_through_mount_and_export() {
     bytes.extend(Rng::new(31).bytes(2 * MIB as usize));
     bytes.extend(vec![0u8; MIB as usize]);
     fs::write(&source, &bytes).expect("write source");
+    // A local store's default is lz4; --level alone means zstd.
+    let said = ok(snapfs(&fx.path("store-default")).arg("init"));
+    assert!(said.contains("compression lz4"), "{said}");
+    let said = ok(snapfs(&fx.path("store-level")).args(["init", "--level", "3"]));
+    assert!(said.contains("compression zstd"), "{said}");
+    let said =
+        fails(snapfs(&fx.path("store-bad")).args(["init", "--compression", "lz4", "--level", "3"]));
+    assert!(said.contains("--level is zstd's"), "{said}");
     for compression in ["zstd", "lz4", "none"] {
         let store = fx.path(&format!("store-{compression}"));
         ok(snapfs(&store).args(["init", "--compression", compression]));

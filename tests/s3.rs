@@ -63,6 +63,8 @@ impl Fixture {
             .snapfs(store)
             .args(["init", "--packs", &url, "--cache-size", "64M"]));
         assert!(said.contains(&url), "{said}");
+        // Bytes in a bucket cost transfer: zstd is its default.
+        assert!(said.contains("compression zstd"), "{said}");
     }
 
     fn export(&self, store: &Path, disk: &str, name: &str) -> PathBuf {

@@ -20,6 +20,7 @@
 
 use std::collections::{HashMap, HashSet};
 
+use super::codec;
 use super::pack::{Location, PACK_HEADER_LEN};
 use super::{Ingest, Store};
 use crate::error::{Error, Result};
@@ -263,7 +264,7 @@ fn move_chunks(
         let moved = store
             .read_record_at(hash, location, Vec::new())
             .and_then(|plain| {
-                let (codec, stored) = super::codec::encode_chunk(&plain, store.config().encoding());
+                let (codec, stored) = codec::encode_chunk(&plain, store.config().encoding());
                 ingest.append(hash, plain.len() as u32, codec, &stored)
             });
         if let Err(e) = moved {

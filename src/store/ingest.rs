@@ -10,7 +10,7 @@ use sled::transaction::{
 };
 use sled::Transactional;
 
-use super::codec::Codec;
+use super::codec::{self, Codec};
 use super::gc::{self, Roots};
 use super::pack::{self, Location, PackWriter, PACK_TARGET_SIZE};
 use super::Store;
@@ -153,7 +153,7 @@ impl<'s> Ingest<'s> {
     pub fn put_plain(&mut self, plain: &[u8]) -> Result<ChunkHash> {
         let hash = ChunkHash::of(plain);
         if !self.reference(&hash)? {
-            let (codec, stored) = super::codec::encode_chunk(plain, self.store.config().encoding());
+            let (codec, stored) = codec::encode_chunk(plain, self.store.config().encoding());
             self.append(&hash, plain.len() as u32, codec, &stored)?;
         }
         Ok(hash)
