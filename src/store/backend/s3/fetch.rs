@@ -13,7 +13,7 @@ use super::locked;
 use crate::error::{Error, Result};
 
 /// Blocks fetched ahead of a reader that reads a pack in order.
-const READ_AHEAD: u64 = 4;
+const READ_AHEAD: u64 = 12;
 
 type Key = (u64, u64);
 
