@@ -12,7 +12,10 @@ use super::client::Bucket;
 use super::locked;
 use crate::error::{Error, Result};
 
-/// Blocks fetched ahead of a reader that reads a pack in order.
+/// Blocks fetched ahead of a reader that reads a pack in order. 12 MiB
+/// in flight keep a loopback SeaweedFS streaming: a cold `cat` of a
+/// snapshot through the mount took 3.47-4.18 s with 12 against 4.07-5.39 s
+/// with 4 (one store, the two binaries alternating, 4 rounds).
 const READ_AHEAD: u64 = 12;
 
 type Key = (u64, u64);
