@@ -71,7 +71,7 @@ pub struct CreateOptions<'a> {
     /// Cap on how fast the source is read, in bytes per second.
     pub max_rate: Option<u64>,
     /// Read the source at idle I/O priority, so the disk's own users come
-    /// first (honoured by the BFQ scheduler; others ignore it).
+    /// first (honoured by the BFQ and mq-deadline schedulers).
     pub idle_io: bool,
     /// Commands run before and after the read of a registered disk.
     pub hooks: Hooks,

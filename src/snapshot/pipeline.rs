@@ -30,7 +30,7 @@ pub struct PipelineOptions<'a> {
     pub threads: usize,
     /// Cap on how fast the source is read, in bytes per second.
     pub max_rate: Option<u64>,
-    /// Read at idle I/O priority (honoured by the BFQ scheduler).
+    /// Read at idle I/O priority (honoured by the BFQ and mq-deadline schedulers).
     pub idle_io: bool,
     /// Set to stop early; the run then fails with `Cancelled`.
     pub cancel: Option<&'a AtomicBool>,
