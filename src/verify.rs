@@ -23,6 +23,17 @@ pub struct Damage {
     pub what: String,
 }
 
+impl Damage {
+    fn at(record: &SnapshotRecord, offset: u64, what: String) -> Damage {
+        Damage {
+            disk: record.disk.clone(),
+            snapshot: record.name.clone(),
+            offset,
+            what,
+        }
+    }
+}
+
 #[derive(Debug, Default, serde::Serialize)]
 pub struct VerifyReport {
     pub snapshots: usize,
@@ -82,22 +93,12 @@ pub fn verify(
                 }
             });
             if let Some(what) = verdict {
-                damage.push(Damage {
-                    disk: record.disk.clone(),
-                    snapshot: record.name.clone(),
-                    offset,
-                    what: what.clone(),
-                });
+                damage.push(Damage::at(record, offset, what.clone()));
             }
             Ok(())
         });
         if let Err(e) = walked {
-            damage.push(Damage {
-                disk: record.disk.clone(),
-                snapshot: record.name.clone(),
-                offset: 0,
-                what: format!("map unreadable: {e}"),
-            });
+            damage.push(Damage::at(record, 0, format!("map unreadable: {e}")));
         }
         report.damage.extend(damage);
         progress(done + 1);
@@ -131,33 +132,26 @@ pub fn verify_quick(
             }
             report.chunks_checked += 1;
             let Some(location) = store.locate(hash)? else {
-                damage.push(Damage {
-                    disk: record.disk.clone(),
-                    snapshot: record.name.clone(),
-                    offset: chunk * chunk_size,
-                    what: Error::MissingChunk(*hash).to_string(),
-                });
+                damage.push(Damage::at(
+                    record,
+                    chunk * chunk_size,
+                    Error::MissingChunk(*hash).to_string(),
+                ));
                 return Ok(());
             };
             if let Some(why) = bad.get(&location.pack) {
                 if named.insert(location.pack) {
-                    damage.push(Damage {
-                        disk: record.disk.clone(),
-                        snapshot: record.name.clone(),
-                        offset: chunk * chunk_size,
-                        what: why.clone(),
-                    });
+                    damage.push(Damage::at(record, chunk * chunk_size, why.clone()));
                 }
             }
             Ok(())
         });
         if let Err(e) = walked {
-            damage.push(Damage {
-                disk: record.disk.clone(),
-                snapshot: record.name.clone(),
-                offset: 0,
-                what: format!("map unreadable: {}", describe(store, &e)),
-            });
+            damage.push(Damage::at(
+                record,
+                0,
+                format!("map unreadable: {}", describe(store, &e)),
+            ));
         }
         report.damage.extend(damage);
         progress(done + 1);

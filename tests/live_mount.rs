@@ -39,6 +39,12 @@ impl Fixture {
     fn path(&self, name: &str) -> PathBuf {
         self.tmp.path().join(name)
     }
+
+    /// A new live disk `name` of `size` bytes.
+    fn create_disk(&self, name: &str, size: u64) {
+        let size = size.to_string();
+        ok(snapfs(&self.store).args(["disk", "create", name, "--size", &size]));
+    }
 }
 
 /// Takes snapshot `name` through `.create`; Err holds the errno.
@@ -161,7 +167,7 @@ fn snapshots_through_the_live_file_equal_the_disk_at_their_create() {
         return;
     }
     let fx = Fixture::new();
-    ok(snapfs(&fx.store).args(["disk", "create", "vm/data", "--size", "4M"]));
+    fx.create_disk("vm/data", 4 << 20);
     let mount = Mount::start(&fx.store);
     let folder = mount.disk("vm/data");
     let live_path = folder.join("live");
@@ -762,13 +768,7 @@ fn a_live_snapshot_reads_its_freeze_point_at_once_while_it_is_stored() {
     }
     let fx = Fixture::new();
     let chunks = 64u64;
-    ok(snapfs(&fx.store).args([
-        "disk",
-        "create",
-        "data",
-        "--size",
-        &(chunks * CHUNK).to_string(),
-    ]));
+    fx.create_disk("data", chunks * CHUNK);
     // Storing 2 MiB at 1 MiB/s takes seconds: long enough to read the
     // snapshot while it is stored.
     let mount = Mount::start_with(&fx.store, &["--max-rate", "1M"]);
@@ -862,13 +862,7 @@ fn rollback_of_a_live_disk_leaves_its_change_record_correct() {
     }
     let fx = Fixture::new();
     let chunks = 32u64;
-    ok(snapfs(&fx.store).args([
-        "disk",
-        "create",
-        "data",
-        "--size",
-        &(chunks * CHUNK).to_string(),
-    ]));
+    fx.create_disk("data", chunks * CHUNK);
     let mut rng = Rng::new(7);
     let a = rng.bytes((chunks * CHUNK) as usize);
     // b: two chunks of a changed.

@@ -22,7 +22,7 @@ pub struct InitArgs {
     /// Chunk size: a power of two from 64K to 4M
     #[arg(long, value_name = "SIZE", default_value = "64K", value_parser = parse_size)]
     chunk_size: u64,
-    /// Compression of stored chunks: lz4 reads back and compresses fastest, zstd packs about a fifth tighter [default: lz4; zstd for packs in a bucket or when a level is given]
+    /// Compression of stored chunks: lz4 reads back and compresses faster, zstd packs about a fifth tighter [default: lz4; zstd for packs in a bucket or when a level is given]
     #[arg(long, value_name = "lz4|zstd|none")]
     compression: Option<Compression>,
     /// zstd level: 1 is fastest, higher levels trade speed for space (implies --compression zstd) [default: 1]

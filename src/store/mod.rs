@@ -110,8 +110,8 @@ pub struct StoreConfig {
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        // lz4: a restore reads at the disk's speed, not one core's zstd
-        // (zstd packs about a fifth tighter; `init --compression zstd`).
+        // lz4: cheaper to read back and to compress than zstd, which
+        // packs about a fifth tighter (codec.rs; `init --compression zstd`).
         StoreConfig {
             chunk_size: DEFAULT_CHUNK_SIZE,
             compression: Compression::Lz4,
