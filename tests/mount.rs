@@ -218,6 +218,27 @@ fn stats_without_db(store: &Path) -> serde_json::Value {
 /// the image, restore files from a read-only loop mount of it, convert it
 /// with qemu-img; change the disk, snapshot again, and the first snapshot
 /// still holds the old bytes and files.
+/// The mount raises its own read-ahead (sysfs) to 16 MiB, so that the
+/// kernel keeps several requests in flight for a sequential reader.
+#[test]
+fn the_mount_sets_its_read_ahead() {
+    if !need_fuse("the_mount_sets_its_read_ahead") {
+        return;
+    }
+    let fx = Fixture::new();
+    ok(snapfs(&fx.store).arg("init"));
+    let mount = Mount::start(&fx.store);
+    let dev = fs::metadata(mount.path()).expect("stat the mount").dev();
+    let sysfs = format!(
+        "/sys/class/bdi/{}:{}/read_ahead_kb",
+        libc::major(dev),
+        libc::minor(dev)
+    );
+    let kb = fs::read_to_string(&sysfs).expect("read the mount's read-ahead");
+    assert_eq!(kb.trim(), "16384", "{sysfs}");
+    mount.unmount();
+}
+
 /// A store of each compression setting reads its snapshot back through
 /// the mount and through export byte for byte, and compresses (or not)
 /// as it says.
