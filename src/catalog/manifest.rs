@@ -80,6 +80,10 @@ impl Catalog {
                 "cannot remove manifest {} (retried at the next open): {e}",
                 sidecar.manifest_name(id)
             );
+            // Kept for sync_manifests, which removes what is listed here.
+            if let Err(e) = self.manifest_removals.insert(id.to_be_bytes(), &[]) {
+                log::warn!("cannot note the removal of manifest {id:016x}: {e}");
+            }
             self.manifests_behind.store(true, Ordering::SeqCst);
         }
     }
@@ -98,15 +102,15 @@ impl Catalog {
         };
         self.manifests_behind.store(false, Ordering::SeqCst);
         let records = self.snapshots(None)?;
-        let wanted: HashSet<u64> = records.iter().map(|r| r.id).collect();
+        // A snapshot still in the catalog (its manifest's removal failed
+        // on the way to a changed one: renamed, protected) gets its
+        // manifest written afresh below, as it is then missing.
         for item in self.manifest_removals.iter() {
             let (key, _) = item?;
             let Ok(id) = <[u8; 8]>::try_from(key.as_ref()).map(u64::from_be_bytes) else {
                 continue;
             };
-            if !wanted.contains(&id) {
-                sidecar.remove_manifest(id)?;
-            }
+            sidecar.remove_manifest(id)?;
             self.manifest_removals.remove(key)?;
         }
         self.manifest_removals.flush()?;

@@ -449,8 +449,10 @@ impl Catalog {
             Ok(())
         })?;
         self.generation.fetch_add(1, Ordering::SeqCst);
-        self.catch_up_manifests();
+        // Its own manifest first: a catch-up first would write it, and
+        // this publish would then fail on the manifest already there.
         self.publish(&record);
+        self.catch_up_manifests();
         Ok(record)
     }
 }

@@ -50,7 +50,10 @@ pub fn import_packs(store: &Store) -> Result<ImportReport> {
             ));
             continue;
         };
-        let index = match sidecar.pack_index(id).and_then(|b| pack_index::decode(&b)) {
+        // A read that fails fails the import: a committed pack left out
+        // here would be an orphan to the next gc, which removes it.
+        let bytes = sidecar.pack_index(id)?;
+        let index = match pack_index::decode(&bytes) {
             Ok(index) if index.pack == id => index,
             Ok(index) => {
                 report.skipped.push(format!(

@@ -244,6 +244,7 @@ impl Bucket {
         let what = format!("reading {} at {}", self.url(key), range.start);
         let want = range.end - range.start;
         let location = Path::from(key);
+        self.traffic.count(1, 0, want);
         let get = self.client.get_range(&location, range);
         let bytes = self
             .wait(&what, get)?

@@ -60,9 +60,11 @@ impl Fetcher {
     /// is cached or coming.
     pub fn get(&self, pack: u64, key: &str, block: u64, pack_len: u64) -> Result<Arc<Vec<u8>>> {
         let shared = &self.shared;
-        let sequential = block == 0
-            || shared.cache.has(pack, block - 1)
-            || locked(&shared.fetching).contains_key(&(pack, block - 1));
+        // Block 0 alone says nothing: every pack's header is read there
+        // first, and a random reader would pay 12 MiB for it.
+        let sequential = block > 0
+            && (shared.cache.has(pack, block - 1)
+                || locked(&shared.fetching).contains_key(&(pack, block - 1)));
         if sequential {
             for ahead in block + 1..=block + READ_AHEAD {
                 if ahead * BLOCK >= pack_len {
