@@ -330,7 +330,8 @@ fn write_differing_in(
                 .context(|| format!("reading {} at chunk {chunk}", path.display()))?;
             writer.make_equal(chunk, &Held::of(piece))?;
             done += chunk_size;
-            progress(done.saturating_mul(record.size) / total.max(1));
+            // In u128: the product of two disk sizes overflows u64.
+            progress((done as u128 * record.size as u128 / total.max(1) as u128) as u64);
         }
     }
     Ok(())

@@ -314,7 +314,8 @@ impl LiveDisk {
         for range in ranges {
             self.record.before_write(range.clone())?;
         }
-        Ok(())
+        // Durable before the rollback writes (it syncs only the data).
+        self.record.sync_marks()
     }
 
     /// Grows or shrinks the disk (truncate of the live file).

@@ -663,18 +663,25 @@ impl ChangeRecord {
         }
         let state = self.state();
         // Under the lock: every mark written before it is in this sync.
-        if self.unsynced.swap(false, Ordering::AcqRel) {
+        if self.unsynced.load(Ordering::Acquire) {
             self.sync(&state)?;
         }
         Ok(())
     }
 
+    /// Syncs the record file; with it the marks written so far (marks are
+    /// written under the state lock the caller holds).
     fn sync(&self, state: &State) -> Result<()> {
         self.syncs.fetch_add(1, Ordering::Relaxed);
-        state
+        let was_unsynced = self.unsynced.swap(false, Ordering::AcqRel);
+        let synced = state
             .file
             .sync_data()
-            .context(|| format!("cannot sync change record {}", state.path.display()))
+            .context(|| format!("cannot sync change record {}", state.path.display()));
+        if synced.is_err() && was_unsynced {
+            self.unsynced.store(true, Ordering::Release);
+        }
+        synced
     }
 
     fn grow_capacity(&self, state: &mut State, chunks: u64) -> Result<()> {
