@@ -54,7 +54,7 @@ pub struct GcArgs {
     #[arg(long, value_name = "PERCENT", default_value_t = 10, value_parser = clap::value_parser!(u8).range(0..=100))]
     min_dead: u8,
     /// A store in a bucket: remove packs that no commit names once this old (those of snapshots running here are always kept)
-    #[arg(long, value_name = "SECONDS", default_value_t = 3600)]
+    #[arg(long, value_name = "SECONDS", default_value_t = snapfs::store::gc::ORPHAN_GRACE.as_secs())]
     orphan_grace: u64,
     /// Print the report as JSON
     #[arg(long)]

@@ -672,7 +672,6 @@ struct CopyStore {
     spill: Option<File>,
     /// chunk -> (slot, length) in the spill file.
     spilled: HashMap<u64, (u64, usize)>,
-    free_slots: Vec<u64>,
     slots: u64,
     stats: CopyStats,
 }
@@ -694,7 +693,6 @@ impl Copies {
                 spill_dir,
                 spill: None,
                 spilled: HashMap::new(),
-                free_slots: Vec::new(),
                 slots: 0,
                 stats: CopyStats::default(),
             }),
@@ -764,13 +762,9 @@ impl Copies {
         if store.spill.is_none() {
             store.spill = Some(spill_file(&store.spill_dir)?);
         }
-        let slot = match store.free_slots.pop() {
-            Some(slot) => slot,
-            None => {
-                store.slots += 1;
-                store.slots - 1
-            }
-        };
+        // Copies live until the snapshot is stored: slots are never freed.
+        let slot = store.slots;
+        store.slots += 1;
         if let Some(spill) = &store.spill {
             spill
                 .write_all_at(&bytes, slot * self.chunk_size)

@@ -85,14 +85,6 @@ impl Progressing {
         self.state.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The stored record, once the snapshot is stored.
-    pub fn stored_record(&self) -> Option<SnapshotRecord> {
-        match &*self.state() {
-            State::Stored(record) => Some(record.clone()),
-            _ => None,
-        }
-    }
-
     pub(super) fn stored(&self, record: SnapshotRecord) {
         *self.state.write().unwrap_or_else(|e| e.into_inner()) = State::Stored(record);
     }

@@ -3,7 +3,7 @@
 //! is imported only when its index object decodes and the pack's object
 //! has the length the index says; anything else is reported and left out.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use super::{pack_index, Store};
 use crate::error::{Error, Result};
@@ -37,10 +37,8 @@ pub fn import_packs(store: &Store) -> Result<ImportReport> {
         ..ImportReport::default()
     };
     let indexes = sidecar.pack_indexes()?;
-    report.unindexed_packs = lengths
-        .keys()
-        .filter(|id| !indexes.iter().any(|index| index.id == **id))
-        .count() as u64;
+    let indexed: HashSet<u64> = indexes.iter().map(|index| index.id).collect();
+    report.unindexed_packs = lengths.keys().filter(|id| !indexed.contains(id)).count() as u64;
     for listed in indexes {
         let id = listed.id;
         let name = store.pack_name(id);

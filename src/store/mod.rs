@@ -216,7 +216,6 @@ pub struct Store {
     lock: Mutex<StoreLock>,
     /// (device, inode) of the store folder when it was opened.
     root_id: (u64, u64),
-    packs_config: PacksConfig,
     /// Added to every id sled generates: a store rebuilt from a bucket
     /// never hands out an id that the bucket's objects already use.
     id_floor: AtomicU64,
@@ -389,7 +388,6 @@ impl Store {
             gc_run: Mutex::new(()),
             lock: Mutex::new(lock),
             root_id,
-            packs_config,
             id_floor: AtomicU64::new(id_floor),
         };
         store.check_db_format()?;
@@ -453,11 +451,6 @@ impl Store {
         self.db.flush()?;
         self.id_floor.store(floor, Ordering::SeqCst);
         Ok(())
-    }
-
-    /// Where the packs live (local folder, or bucket).
-    pub fn packs_config(&self) -> &PacksConfig {
-        &self.packs_config
     }
 
     /// Where the packs are, for people.

@@ -55,10 +55,6 @@ impl PacksConfig {
             PacksConfig::S3(config) => Arc::new(s3::S3Packs::open(root, config, opening)?),
         })
     }
-
-    pub fn is_remote(&self) -> bool {
-        !matches!(self, PacksConfig::Local)
-    }
 }
 
 /// A pack and how many bytes it holds now.

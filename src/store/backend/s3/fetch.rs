@@ -147,7 +147,7 @@ fn wait(fetch: &Fetch, url: &str) -> Result<Arc<Vec<u8>>> {
     }
 }
 
-fn range(block: u64, pack_len: u64) -> std::ops::Range<u64> {
+pub(super) fn range(block: u64, pack_len: u64) -> std::ops::Range<u64> {
     let start = block * BLOCK;
     start..(start + BLOCK).min(pack_len)
 }

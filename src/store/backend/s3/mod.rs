@@ -195,9 +195,8 @@ impl S3Packs {
 
     /// Block `block` of remote pack `id`, fetched from the bucket.
     fn fetch_block(&self, id: u64, block: u64, pack_len: u64) -> Result<Vec<u8>> {
-        let start = block * BLOCK;
-        let end = (start + BLOCK).min(pack_len);
-        self.bucket.get_range(&self.keys.pack(id), start..end)
+        self.bucket
+            .get_range(&self.keys.pack(id), fetch::range(block, pack_len))
     }
 
     /// Reads through the cache (`fresh`: from the bucket, refreshing it).
